@@ -1,0 +1,66 @@
+"""`stlib` command line: run notebooks from params files, generate the embedded world.
+
+  stlib train params/mini/retinanet.yaml [--set data.label_fraction=0.2 ...] [--direct]
+  stlib world --scale mini
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _print_result(run_dir, result: dict) -> None:
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    print(f"run: {run_dir}")
+    print("COCO " + "  ".join(f"{k} {result[k]:.4f}" if result.get(k) is not None else f"{k} n/a" for k in keys))
+    print(f"best step {result.get('best_step')}, last step {result.get('last_step')}, "
+          f"stopped early: {result.get('stopped_early')}, devices: {result.get('devices')}")
+
+
+def cmd_train(args) -> int:
+    from stlib import config as cfg
+    from stlib.experiments import runs
+    params = cfg.load_params(args.params, args.set)  # strict: fails here, before any work
+    if args.direct:
+        from stlib.train.loop import train_and_evaluate
+        run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
+        result = train_and_evaluate(params, run_dir, progress=not args.quiet)
+    else:
+        run_dir = runs.execute_notebook("train.ipynb", params, outputs=args.outputs, progress=not args.quiet)
+        result = json.loads((run_dir / "metrics.json").read_text())
+    _print_result(run_dir, result)
+    return 0
+
+
+def cmd_world(args) -> int:
+    from stlib.data.world import ensure_world
+    print(ensure_world(args.scale, args.seed))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="stlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train and evaluate a detector (runs notebooks/train.ipynb via papermill)")
+    t.add_argument("params", help="a params YAML file, e.g. params/mini/retinanet.yaml")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
+    t.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
+    t.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+    w = sub.add_parser("world", help="generate (or find cached) the embedded world")
+    w.add_argument("--scale", default="mini")
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(fn=cmd_world)
+    args = ap.parse_args(argv)
+    from stlib.config import ParamsError
+    try:
+        return args.fn(args)
+    except ParamsError as e:
+        print(f"stlib: params error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

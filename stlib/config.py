@@ -1,0 +1,275 @@
+"""Params: Python defaults, YAML presets that hold only what they change, strict merge.
+
+Config flows one way: the dataclasses below are the defaults; a YAML preset in
+`params/` overrides some of them; `--set key=value` overrides override the preset.
+Every key and type is checked before any work is done: an unknown key or a value
+of the wrong type is a `ParamsError` that names the dotted key and the file.
+
+The resolved params are frozen and written to the run directory as `params.yaml`;
+`params_hash` of that text addresses the run (same config -> same run id).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+# ----------------------------------------------------------------------------
+# Schema (defaults are the paper-scale RetinaNet unless a comment says otherwise)
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    # "world": the embedded generated world; "coco": a COCO-format folder;
+    # "tfds": a prepared tensorflow-datasets dataset (coco/2017).
+    source: str = "world"
+    world_scale: str = "mini"          # world preset: smoke | mini
+    world_seed: int = 0
+    # coco source: annotation files and image folders per split.
+    train_ann: str = ""
+    train_images: str = ""
+    val_ann: str = ""
+    val_images: str = ""
+    # tfds source
+    tfds_name: str = "coco/2017"
+    tfds_data_dir: str = ""
+    train_split: str = "train"
+    val_split: str = "validation"
+    max_val_images: int = 0             # 0 = all
+    label_fraction: float = 1.0         # Sec. 4.2: 20% / 50% / 100% of the labels (nested subsets)
+    label_seed: int = 0
+    image_size: int = 640               # Sec. 3.2: 640x640 images
+    max_boxes: int = 100                # REFERENCE §4.2: 100 instances per image (padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    policy: str = "s1"                  # Table 1: s1 (FlipCrop); s2..s4 come with the augmentation issue
+    hflip: bool = True                  # Table 1: horizontal flip
+    scale_min: float = 0.8              # Table 1: Augment-S1 scale jitter (0.8, 1.2)
+    scale_max: float = 1.2
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    name: str = "retinanet"
+    backbone: str = "resnet50"          # registry name (stlib.models.registry)
+    init: str = "rand"                  # Table 1: Rand Init (others come with the initialization issue)
+    fpn_channels: int = 256             # REFERENCE §4.3
+    head_convs: int = 4                 # REFERENCE §4.3
+    head_channels: int = 256            # REFERENCE §4.3
+    min_level: int = 3                  # Sec. 3.2: levels P3-P7
+    max_level: int = 7
+    num_scales: int = 3                 # Sec. 3.2: 9 anchors per pixel = 3 scales x 3 ratios
+    aspect_ratios: tuple = (1.0, 2.0, 0.5)
+    anchor_size: float = 4.0            # REFERENCE §4.1
+    bn_momentum: float = 0.997          # REFERENCE §4.6 (TPU detection default)
+    bn_epsilon: float = 1e-4
+    dtype: str = "float32"              # compute dtype: float32 | bfloat16 (params stay float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossParams:
+    focal_alpha: float = 0.25           # REFERENCE §4.4
+    focal_gamma: float = 1.5            # REFERENCE §4.4
+    huber_delta: float = 0.1            # REFERENCE §4.4
+    box_loss_weight: float = 50.0       # REFERENCE §4.4
+    match_threshold: float = 0.5        # REFERENCE §4.2
+    unmatched_threshold: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessParams:
+    pre_nms_top_k: int = 5000           # REFERENCE §4.5
+    score_threshold: float = 0.05
+    nms_iou_threshold: float = 0.5
+    max_detections: int = 100
+    method: str = "nms"                 # nms | soft_nms (Sec. 3.2: SpineNet runs use Soft-NMS)
+    soft_nms_sigma: float = 0.3         # Sec. 3.2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    batch_size: int = 256               # Sec. 3.2 (global batch)
+    steps: int = 45000                  # Sec. 3.2: 45k steps for Augment-S1 (upper bound; early stopping may end sooner)
+    base_lr: float = 0.32               # Sec. 3.2
+    warmup_steps: int = 1000            # Sec. 3.2: linear warmup over the first 1000 steps
+    warmup_init_lr: float = 0.0032      # Sec. 3.2: from 0.0032 to 0.32
+    momentum: float = 0.9               # REFERENCE §4.6
+    weight_decay: float = 1e-4          # Sec. 3.2
+    grad_clip_norm: float = 0.0         # REFERENCE §4.4: off by default (0)
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 2000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    early_stop_patience: int = 0        # evaluations without AP gain before stopping; 0 = off
+    eval_batch_size: int = 64
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    name: str = "retinanet"
+    description: str = ""
+    data: DataParams = DataParams()
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    loss: LossParams = LossParams()
+    postprocess: PostprocessParams = PostprocessParams()
+    train: TrainParams = TrainParams()
+
+
+# ----------------------------------------------------------------------------
+# Strict merge
+# ----------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns the value in its canonical type."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"Optional": Optional, "tuple": tuple})  # annotations are strings (PEP 563)
+    o = typing.get_origin(tp)
+    if o in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    bad = ParamsError(f"{origin}: '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return tuple(value)
+    raise ParamsError(f"{origin}: '{key}' has an unsupported type {tp}")
+
+
+def _merge(obj: Any, changes: dict, origin: str, prefix: str = "") -> Any:
+    if not isinstance(changes, dict):
+        raise ParamsError(f"{origin}: '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {changes!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    updates = {}
+    for k, v in changes.items():
+        key = prefix + str(k)
+        if k not in fields:
+            raise ParamsError(f"{origin}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            updates[k] = _merge(cur, v, origin, key + ".")
+        else:
+            updates[k] = _coerce(v, fields[k].type, key, origin)
+    return dataclasses.replace(obj, **updates)
+
+
+def _parse_override(item: str) -> dict:
+    if "=" not in item:
+        raise ParamsError(f"--set {item!r}: expected key=value (e.g. train.steps=100)")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Params:
+    """Defaults <- YAML file <- `key=value` overrides, strictly checked.
+
+    Args:
+      path: a YAML preset (holds only what it changes), or None for the defaults.
+      overrides: strings like "train.steps=100" (values parsed as YAML).
+    Returns:
+      Frozen `Params`.
+    """
+    params = Params()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ParamsError(f"params file not found: {path}")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        params = _merge(params, content, str(path))
+    for item in overrides:
+        params = _merge(params, _parse_override(item), f"--set {item}")
+    validate(params)
+    return params
+
+
+def validate(p: Params) -> None:
+    """Cross-field checks that types alone cannot express."""
+    def need(cond, msg):
+        if not cond:
+            raise ParamsError(msg)
+    need(p.data.source in ("world", "coco", "tfds"), f"data.source must be world|coco|tfds, got {p.data.source!r}")
+    need(0.0 < p.data.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {p.data.label_fraction}")
+    # Backbone strides go to 32 (C5); coarser levels are ceil-sized, like their anchor grids.
+    need(p.data.image_size % 32 == 0, f"data.image_size ({p.data.image_size}) must be a multiple of 32")
+    need(p.augment.policy in ("s1",), f"augment.policy {p.augment.policy!r} is not available yet (have: s1)")
+    need(0 < p.augment.scale_min <= p.augment.scale_max, "augment.scale_min must be > 0 and <= augment.scale_max")
+    need(p.model.init == "rand", f"model.init {p.model.init!r} is not available yet (have: rand)")
+    need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
+    need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")
+    need(p.train.batch_size > 0 and p.train.steps > 0, "train.batch_size and train.steps must be positive")
+    need(p.train.warmup_steps < p.train.steps, "train.warmup_steps must be < train.steps")
+    for k in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
+        need(getattr(p.train, k) > 0, f"train.{k} must be positive")
+    if p.data.source == "coco":
+        for k in ("train_ann", "train_images", "val_ann", "val_images"):
+            need(getattr(p.data, k), f"data.{k} is required when data.source is coco")
+
+
+def to_dict(p: Any) -> dict:
+    d = dataclasses.asdict(p)
+
+    def fix(x):
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return [fix(v) for v in x]
+        return x
+    return fix(d)
+
+
+def dump_params(p: Params) -> str:
+    """The resolved params as YAML text (stable key order)."""
+    return yaml.safe_dump(to_dict(p), sort_keys=True, default_flow_style=None)
+
+
+def params_hash(p: Params) -> str:
+    return hashlib.sha256(dump_params(p).encode()).hexdigest()[:10]
+
+
+def run_id(p: Params) -> str:
+    """Content address of a run: its name plus the hash of its resolved params."""
+    return f"{p.name}-{params_hash(p)}"

@@ -1,0 +1,171 @@
+"""Host-side input pipeline: records -> decoded, resized, padded fixed-shape numpy batches.
+
+Every training batch is a pure function of (seed, step): the example order is a seeded
+permutation per epoch, so a resumed run sees exactly the batches an uninterrupted run
+would have seen. On several hosts each process builds its own slice of the global batch
+(`process_index`, `process_count`); `stlib.train.sharding` assembles the global array.
+
+Images are resized so their long side equals the output size (aspect kept) and padded
+bottom/right; the on-device augmentation (`stlib.augment`) does the rest.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+
+def resize_long_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resizes uint8 [H,W,3] so max(H,W) == size (bilinear); returns (image, scale)."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale == 1.0:
+        return image, 1.0
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR)), scale
+
+
+class DetectionData:
+    """Fixed-shape examples and batches from a `DetectionSource`.
+
+    Args:
+      source: a `stlib.data.coco.DetectionSource` (folder, embedded world, or tfds).
+      image_size: square output size S.
+      max_boxes: boxes per example after padding (extra boxes are dropped and counted).
+      cache_images: decode every image once and keep it in memory (small datasets).
+      workers: decoding threads.
+    """
+
+    def __init__(self, source, image_size: int, max_boxes: int, cache_images: bool = True, workers: int = 4):
+        self.source = source
+        self.image_size = image_size
+        self.max_boxes = max_boxes
+        self.stats = {"images_corrupt": 0, "boxes_truncated": 0}
+        self._cache: dict[int, np.ndarray] = {}
+        self._perm_cache: dict[int, np.ndarray] = {}
+        indices = list(range(len(source.records)))
+        if cache_images:
+            with ThreadPoolExecutor(workers) as pool:
+                decoded = list(pool.map(self._decode_or_none, indices))
+            for i, img in zip(indices, decoded):
+                if img is not None:
+                    self._cache[i] = img
+            indices = [i for i in indices if i in self._cache]
+        self.indices = np.asarray(indices, np.int64)
+        if len(self.indices) == 0:
+            raise ValueError(f"{source.name}: no usable images ({self.stats['images_corrupt']} corrupt)")
+
+    def __len__(self):
+        return len(self.indices)
+
+    def _decode_or_none(self, i: int):
+        img = self.source.load_image_or_none(i)
+        if img is None:
+            self.stats["images_corrupt"] += 1
+            return None
+        return resize_long_side(img, self.image_size)[0]
+
+    def _image(self, i: int):
+        if i in self._cache:
+            return self._cache[i]
+        return self._decode_or_none(i)
+
+    def example(self, i: int) -> dict | None:
+        """One fixed-shape example for record index `i`, or None if its image is corrupt."""
+        rec = self.source.records[i]
+        img = self._image(i)
+        if img is None:
+            return None
+        s, m = self.image_size, self.max_boxes
+        scale = img.shape[0] / rec.height
+        canvas = np.zeros((s, s, 3), np.uint8)
+        canvas[: img.shape[0], : img.shape[1]] = img
+        n = len(rec.boxes)
+        if n > m:
+            self.stats["boxes_truncated"] += n - m
+            n = m
+        boxes = np.zeros((m, 4), np.float32)
+        classes = np.zeros((m,), np.int32)
+        valid = np.zeros((m,), bool)
+        boxes[:n] = rec.boxes[:n] * scale
+        classes[:n] = rec.classes[:n]
+        valid[:n] = True
+        ex = {"image": canvas, "image_hw": np.array(img.shape[:2], np.int32), "boxes": boxes,
+              "classes": classes, "valid": valid, "image_id": np.int64(rec.image_id),
+              "scale": np.float32(scale), "example_valid": np.bool_(True)}
+        if getattr(rec, "mask_file", None):
+            mask = np.full((s, s), 255, np.uint8)
+            sem = np.asarray(Image.open(rec.mask_file).resize(img.shape[1::-1], Image.NEAREST))
+            mask[: img.shape[0], : img.shape[1]] = sem
+            ex["mask"] = mask
+        return ex
+
+    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+        if epoch not in self._perm_cache:
+            self._perm_cache = {epoch: np.random.default_rng([seed, epoch]).permutation(self.indices)}
+        return self._perm_cache[epoch]
+
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    process_index: int = 0, process_count: int = 1) -> dict:
+        """The batch for `step` (this process's slice), a pure function of (seed, step).
+
+        A corrupt image (found only when images are decoded lazily) is replaced by the next
+        example in the order and counted in `stats["images_corrupt"]`.
+        """
+        per_host = batch_size // process_count
+        n = len(self.indices)
+        pos = step * batch_size + process_index * per_host
+        out = []
+        while len(out) < per_host:
+            epoch, j = divmod(pos, n)
+            ex = self.example(int(self._permutation(seed, epoch)[j]))
+            pos += 1
+            if ex is not None:
+                out.append(ex)
+        return stack(out)
+
+    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+        """Every example once, in order, in fixed-size batches; padding has example_valid False."""
+        per_host = batch_size // process_count
+        idx = list(self.indices)
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start + process_index * per_host: start + (process_index + 1) * per_host]
+            exs = [e for e in (self.example(int(i)) for i in chunk) if e is not None]
+            if not exs:
+                exs = [self.example(int(idx[0]))]
+                exs[0]["example_valid"] = np.bool_(False)
+            while len(exs) < per_host:
+                pad = {k: np.zeros_like(v) for k, v in exs[0].items()}
+                exs.append(pad)
+            yield stack(exs)
+
+
+def stack(examples: list[dict]) -> dict:
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def prefetch(iterator, size: int = 2):
+    """Runs `iterator` in a background thread, `size` items ahead (overlaps host work with device work)."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    sentinel = object()
+
+    def worker():
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+        q.put(sentinel)
+
+    threading.Thread(target=worker, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is sentinel:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

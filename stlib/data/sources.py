@@ -1,0 +1,37 @@
+"""Detection sources named by params: the embedded world, a COCO-format folder, or tfds."""
+from __future__ import annotations
+
+from stlib.data.coco import CocoSource, DataError
+
+
+def label_subset_source(source, fraction: float, seed: int):
+    """Sec. 4.2: a nested, deterministic labelled fraction of a training source."""
+    if fraction >= 1.0:
+        return source
+    from stlib.data.world import label_subset
+    ids = label_subset([r.image_id for r in source.records], fraction, seed)
+    return source.subset(ids)
+
+
+def build_detection_sources(dp):
+    """(train_source, val_source) for `stlib.config.DataParams` `dp`; labelled fraction applied to train."""
+    if dp.source == "world":
+        from stlib.data.world import ensure_world
+        root = ensure_world(dp.world_scale, dp.world_seed)
+        det = root / "detection"
+        train = CocoSource(det / "annotations" / "train.json", det / "train" / "images", name="world/train")
+        val = CocoSource(det / "annotations" / "val.json", det / "val" / "images", name="world/val")
+    elif dp.source == "coco":
+        train = CocoSource(dp.train_ann, dp.train_images)
+        val = CocoSource(dp.val_ann, dp.val_images)
+    elif dp.source == "tfds":
+        from stlib.data.tfds_source import TfdsCocoSource
+        train = TfdsCocoSource(dp.tfds_name, dp.train_split, dp.tfds_data_dir or None)
+        val = TfdsCocoSource(dp.tfds_name, dp.val_split, dp.tfds_data_dir or None)
+    else:
+        raise DataError(f"data.source: unknown source {dp.source!r}")
+    if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
+        raise DataError(f"{train.name} and {val.name} have different categories")
+    if dp.max_val_images:
+        val = val.subset([r.image_id for r in val.records[: dp.max_val_images]])
+    return label_subset_source(train, dp.label_fraction, dp.label_seed), val

@@ -1,0 +1,260 @@
+"""`train_and_evaluate`: the training loop with validation AP, best checkpoint, early stopping and resume.
+
+Sec. 3.2: "train until it converges" on a held-out validation set. We evaluate COCO AP
+every `train.eval_every` steps, keep the best checkpoint, and stop early after
+`train.early_stop_patience` evaluations without improvement (0 = run all steps).
+
+Resume: the run directory is addressed by the params (`stlib.config.run_id`). Re-running
+the same command restores the newest checkpoint, drops log lines written after it, and
+continues; batches are a pure function of the step, so the result equals an
+uninterrupted run. A non-finite loss stops the run before any checkpoint of the bad
+state is written, so the last good checkpoint is kept.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from stlib import config as cfg
+from stlib.data.anchors import AnchorConfig, generate_anchors
+from stlib.data.pipeline import DetectionData, prefetch
+from stlib.data.sources import build_detection_sources
+from stlib.eval.coco_eval import detections_to_coco, evaluate_coco
+from stlib.eval.postprocess import PostprocessConfig
+from stlib.io import to_jsonable, write_json_atomic, write_text_atomic
+from stlib.models.registry import create_model
+from stlib.train import sharding
+from stlib.train.checkpoints import Checkpoints
+from stlib.train.state import count_params, create_optimizer, create_train_state, learning_rate_schedule
+from stlib.train.step import predict_step, train_step
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line ({"kind": "train"|"eval", "step": ..., ...})."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.entries = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        self.entries.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut by a kill: drop it
+                        pass
+
+    def truncate_after(self, step: int) -> None:
+        self.entries = [e for e in self.entries if e["step"] <= step]
+        write_text_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
+
+    def append(self, entry: dict) -> None:
+        entry = to_jsonable(entry)
+        self.entries.append(entry)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+
+    def evals(self):
+        return [e for e in self.entries if e["kind"] == "eval"]
+
+
+def early_stop_due(evals: list[dict], patience: int) -> bool:
+    if patience <= 0 or not evals:
+        return False
+    best_i = max(range(len(evals)), key=lambda i: (evals[i]["AP"] if evals[i]["AP"] is not None else -1.0))
+    return len(evals) - 1 - best_i >= patience
+
+
+class Experiment:
+    """Everything a detection run needs, built from params (data, model, mesh, jitted steps)."""
+
+    def __init__(self, params: cfg.Params, progress: bool = True):
+        self.params = p = params
+        sharding.maybe_initialize_distributed()
+        self.mesh = sharding.create_mesh()
+        sharding.check_batch_size(p.train.batch_size, self.mesh)
+        sharding.check_batch_size(p.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+        train_src, val_src = build_detection_sources(p.data)
+        self.train_source, self.val_source = train_src, val_src
+        self.category_ids = [c["id"] for c in train_src.categories]
+        self.train_data = DetectionData(train_src, p.data.image_size, p.data.max_boxes)
+        self.val_data = DetectionData(val_src, p.data.image_size, p.data.max_boxes)
+        self.coco_gt = val_src.coco_gt()
+        mp = p.model
+        self.model = create_model(mp, num_classes=len(self.category_ids))
+        anchor_cfg = AnchorConfig(mp.min_level, mp.max_level, mp.num_scales, tuple(mp.aspect_ratios), mp.anchor_size)
+        size = p.data.image_size
+        self.anchors = jax.device_put(np.asarray(generate_anchors((size, size), anchor_cfg)),
+                                      sharding.replicated(self.mesh))
+        self.tx = create_optimizer(p.train)
+        pp = p.postprocess
+        self.post_cfg = PostprocessConfig(pp.pre_nms_top_k, pp.score_threshold, pp.nms_iou_threshold,
+                                          pp.max_detections, pp.method, pp.soft_nms_sigma)
+        rep, bat = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p),
+            in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
+        self.predict_step = jax.jit(
+            functools.partial(predict_step, model=self.model, anchors=self.anchors, post_cfg=self.post_cfg,
+                              image_size=size),
+            in_shardings=(rep, bat), out_shardings=rep)
+        self.progress = progress
+
+    def init_state(self):
+        return create_train_state(self.model, self.tx, self.params.data.image_size,
+                                  jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
+
+    def predict(self, state, data: DetectionData = None, limit: int | None = None):
+        """Detections (numpy, batched dicts) over `data` (default: validation)."""
+        data = self.val_data if data is None else data
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        out, seen = [], 0
+        for batch in data.eval_batches(self.params.train.eval_batch_size, jax.process_index(), jax.process_count()):
+            det = self.predict_step(variables, sharding.shard_batch(batch, self.mesh))
+            out.append(jax.tree.map(np.asarray, det))
+            seen += len(batch["image_id"])
+            if limit is not None and seen >= limit:
+                break
+        return out
+
+    def evaluate(self, state) -> dict:
+        """COCO AP of `state` on the validation set."""
+        results = []
+        for det in self.predict(state):
+            results.extend(detections_to_coco(det, self.category_ids))
+        ids = [r.image_id for r in self.val_source.records]
+        return evaluate_coco(self.coco_gt, results, image_ids=ids)
+
+
+def _tensorboard_writer(run_dir: Path):
+    import tensorflow as tf  # imported lazily: only runs that write TensorBoard events pay for it
+    tf.config.set_visible_devices([], "GPU")
+    return tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+
+
+def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, experiment: Experiment = None) -> dict:
+    """Trains the detector described by `params`, recording into `run_dir`; returns final metrics.
+
+    Writes params.yaml, metrics.jsonl (train and eval lines), metrics.json (final),
+    checkpoints/ (latest and best) and tensorboard/ into `run_dir`.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    p, tp = params, params.train
+    is_main = jax.process_index() == 0
+    if is_main:
+        write_text_atomic(run_dir / "params.yaml", cfg.dump_params(p))
+    exp = experiment or Experiment(p, progress)
+    state = exp.init_state()
+    ckpts = Checkpoints(run_dir / "checkpoints", keep=tp.keep_checkpoints)
+    state, start = ckpts.restore_latest(state)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    log.truncate_after(start)
+    ckpts.drop_best_after(start)
+    evals = log.evals()
+    best_ap = max([e["AP"] for e in evals if e["AP"] is not None], default=-1.0)
+    writer = _tensorboard_writer(run_dir) if (tp.tensorboard and is_main) else None
+    lr_fn = learning_rate_schedule(tp)
+    if start:
+        print(f"resuming {run_dir.name} from step {start}")
+
+    def batches():
+        for s in range(start, tp.steps):
+            yield sharding.shard_batch(
+                exp.train_data.train_batch(s, tp.batch_size, tp.seed, jax.process_index(), jax.process_count()),
+                exp.mesh)
+
+    stopped_early = early_stop_due(evals, tp.early_stop_patience)
+    t0, step = time.time(), start
+    trained = 0
+    bar = tqdm(total=tp.steps, initial=start, desc=p.name, disable=not (progress and is_main), unit="step")
+    try:
+        for batch in ([] if stopped_early else prefetch(batches())):
+            state, metrics = exp.train_step(state, batch)
+            step += 1
+            trained += 1
+            bar.update(1)
+            is_eval = step % tp.eval_every == 0 or step == tp.steps
+            is_ckpt = step % tp.checkpoint_every == 0 or is_eval
+            if step % tp.log_every == 0 or is_ckpt:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not all(math.isfinite(v) for v in m.values()):
+                    good = ckpts.latest_step()
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step} ({m}); the run stopped. "
+                        f"Last good checkpoint: step {good} in {ckpts.dir / 'latest'}.")
+                m["lr"] = float(lr_fn(step - 1))
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.3g}")
+                if is_main:
+                    log.append({"kind": "train", "step": step, **m})
+                    if writer is not None:
+                        with writer.as_default(step=step):
+                            import tensorflow as tf
+                            for k, v in m.items():
+                                tf.summary.scalar(f"train/{k}", v)
+            if is_eval:
+                ev = exp.evaluate(state)
+                improved = ev["AP"] > best_ap
+                if improved:
+                    best_ap = ev["AP"]
+                    ckpts.save_best(step, state)
+                if is_main:
+                    log.append({"kind": "eval", "step": step, **ev})
+                    if writer is not None:
+                        with writer.as_default(step=step):
+                            import tensorflow as tf
+                            for k, v in ev.items():
+                                if v == v:
+                                    tf.summary.scalar(f"val/{k}", v)
+                bar.write(f"step {step}: val AP {ev['AP']:.4f} AP50 {ev['AP50']:.4f}" + (" (best)" if improved else ""))
+            if is_ckpt:
+                ckpts.save(step, state)
+            if is_eval and early_stop_due(log.evals(), tp.early_stop_patience):
+                stopped_early = True
+                bar.write(f"early stopping at step {step}: no AP gain in {tp.early_stop_patience} evaluations")
+                break
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.flush()
+    elapsed = time.time() - t0
+    evals = log.evals()
+    best = max(evals, key=lambda e: e["AP"] if e["AP"] is not None else -1.0) if evals else None
+    result = {
+        "run_id": run_dir.name, "status": "complete",
+        **({k: best[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} if best else {}),
+        "best_step": best["step"] if best else None,
+        "last_step": step, "stopped_early": stopped_early,
+        "steps_this_session": trained, "seconds_this_session": round(elapsed, 1),
+        "images_per_s_this_session": round(trained * tp.batch_size / elapsed, 2) if trained and elapsed else None,
+        "num_params": count_params(state.params), "devices": exp.mesh.devices.size,
+        "platform": jax.devices()[0].platform, "train_images": len(exp.train_data),
+        "val_images": len(exp.val_data),
+        "data_stats": {"train": {**exp.train_source.stats, **exp.train_data.stats},
+                       "val": {**exp.val_source.stats, **exp.val_data.stats}},
+        "last_train_metrics": next((e for e in reversed(log.entries) if e["kind"] == "train"), None),
+    }
+    if is_main:
+        write_json_atomic(run_dir / "metrics.json", result)
+    ckpts.close()
+    return result
+
+
+def load_best_state(exp: Experiment, run_dir):
+    """The best checkpoint of a finished run as a TrainState (for plots and predictions)."""
+    ck = Checkpoints(Path(run_dir) / "checkpoints")
+    try:
+        return ck.restore_best(exp.init_state())
+    finally:
+        ck.close()

@@ -1,0 +1,51 @@
+"""Images with predicted vs true boxes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.patches as patches
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def draw_detections(ax, image, gt_boxes=(), gt_classes=(), boxes=(), scores=(), classes=(), names=None,
+                    score_threshold: float = 0.3):
+    """Draws true boxes (green, dashed) and predictions (red, with class and score) on `ax`."""
+    ax.imshow(image)
+    ax.set_axis_off()
+    label = (lambda c: names[int(c) - 1]) if names else (lambda c: str(int(c)))
+    for (y0, x0, y1, x1), c in zip(gt_boxes, gt_classes):
+        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.2, ls="--"))
+    for (y0, x0, y1, x1), s, c in zip(boxes, scores, classes):
+        if s < score_threshold:
+            continue
+        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1.2))
+        ax.text(x0, y0, f"{label(c)} {s:.2f}", color="white", fontsize=6, va="bottom",
+                bbox=dict(facecolor="red", alpha=0.6, pad=0.5, lw=0))
+
+
+def show_predictions(exp, state, n: int = 8, score_threshold: float = 0.3, save_to=None):
+    """Predictions of `state` on the first `n` validation images next to their ground truth."""
+    dets = exp.predict(state, limit=n)
+    names = [c["name"] for c in exp.train_source.categories]
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    k = 0
+    for det in dets:
+        for b in range(len(det["image_id"])):
+            if k >= n or not det["example_valid"][b]:
+                continue
+            ex = exp.val_data.example(int(exp.val_data.indices[k]))
+            h, w = ex["image_hw"]
+            v = det["valid"][b]
+            draw_detections(axes.flat[k], ex["image"][:h, :w], ex["boxes"][ex["valid"]], ex["classes"][ex["valid"]],
+                            det["boxes"][b][v], det["scores"][b][v], det["classes"][b][v], names, score_threshold)
+            k += 1
+    for ax in axes.flat[k:]:
+        ax.set_axis_off()
+    fig.suptitle(f"predictions (red, score >= {score_threshold}) vs ground truth (green)")
+    fig.tight_layout()
+    if save_to:
+        fig.savefig(Path(save_to), dpi=90)
+    return fig
