@@ -36,11 +36,11 @@ class AnchorConfig:
     ``anchor_size=3.0``; SpineNet-143/190 keep 4.0 (REFERENCE §4.1).
     """
 
-    min_level: int = 3
+    min_level: int = 3  # REFERENCE §4.1: levels P3..P7
     max_level: int = 7
-    num_scales: int = 3
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)
-    anchor_size: float = 4.0
+    num_scales: int = 3  # REFERENCE §4.1: scales 2^(0/3), 2^(1/3), 2^(2/3)
+    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)  # REFERENCE §4.1: TPU order (TFM uses 0.5, 1, 2)
+    anchor_size: float = 4.0  # REFERENCE §4.1
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -111,9 +111,9 @@ def match_anchors(
     anchors: jnp.ndarray,
     gt_boxes: jnp.ndarray,
     gt_valid: jnp.ndarray,
-    match_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
-    force_match: bool = True,
+    match_threshold: float = 0.5,  # REFERENCE §4.2: positive if IoU >= 0.5
+    unmatched_threshold: float = 0.5,  # REFERENCE §4.2: negative if IoU < 0.5 (no ignore band)
+    force_match: bool = True,  # REFERENCE §4.2: force_match_for_each_row=True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Match anchors ``[A, 4]`` to padded ground truth ``[M, 4]`` (ArgMaxMatcher).
 

@@ -25,17 +25,19 @@ class PostprocessConfig:
 
     Defaults from REFERENCE §4.5: pre-NMS top-k 5000, score threshold 0.05,
     NMS IoU 0.5, 100 detections. ``method`` is ``'nms'`` or ``'soft_nms'``
-    (Gaussian). ``soft_nms_sigma=0.3`` is this project's choice for the
+    (Gaussian, TF ``non_max_suppression_with_scores`` semantics: no hard
+    removal, so ``nms_iou_threshold`` is unused; see ``_select``).
+    ``soft_nms_sigma=0.3`` is this project's choice for the
     paper's Soft-NMS SpineNet runs; the sigma actually used for the published
     numbers was not found in the sources (REFERENCE §4.5, §9).
     """
 
-    pre_nms_top_k: int = 5000
-    score_threshold: float = 0.05
-    nms_iou_threshold: float = 0.5
-    max_detections: int = 100
-    method: str = "nms"
-    soft_nms_sigma: float = 0.3
+    pre_nms_top_k: int = 5000  # REFERENCE §4.5 (TPU: per class; here global, see postprocess)
+    score_threshold: float = 0.05  # REFERENCE §4.5
+    nms_iou_threshold: float = 0.5  # REFERENCE §4.5: per-class NMS IoU
+    max_detections: int = 100  # REFERENCE §4.5
+    method: str = "nms"  # TPU: hard NMS only (REFERENCE §4.5)
+    soft_nms_sigma: float = 0.3  # project choice; paper's sigma not found (REFERENCE §4.5, §9)
 
     def __post_init__(self):
         if self.method not in ("nms", "soft_nms"):
