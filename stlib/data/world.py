@@ -1,0 +1,614 @@
+"""The embedded world: a seeded, procedural stand-in for COCO, PASCAL and ImageNet.
+
+Scenes (the COCO / PASCAL analogue) hold 2-7 shape objects from
+``NUM_DETECTION_SHAPES`` categories that differ only in shape; colour, texture,
+size, rotation and aspect are random and uninformative. Objects sit on cluttered
+backgrounds (colour gradients, low-frequency noise, faint patterns and
+distractor segments / blobs / irregular polygons that belong to no category) and
+occlude each other (later objects are drawn on top). Object-centric images (the
+ImageNet analogue) show one dominant object from a larger label space whose first
+categories are the detection ones.
+
+Everything is written to disk in standard formats under :func:`world_root`::
+
+    manifest.json
+    detection/annotations/{train,val}.json      COCO (file_name relative to detection/<split>/images/)
+    detection/{train,val}/images/000000.png     RGB uint8
+    detection/{train,val}/masks/000000.png      semantic mask: 0 = background, k = contiguous category 1..K
+    pools/scenes/images/*.png                   unlabeled in-domain scenes
+    pools/objects/images/*.png                  unlabeled object-centric images
+    hidden/scenes.json                          COCO ground truth of pools/scenes (for pseudo-label checks only)
+    hidden/objects.json                         {"categories", "images": [{"file_name", "label"}]}
+    classification/{train,val}.json             {"categories": [{"index", "name"}], "images": [{"file_name", "label"}]}
+    classification/{train,val}/images/*.png
+
+COCO details: image ``id`` = file index + 1; annotation ids are 1-based per file;
+category ids are ``2 * k + 1`` for contiguous index ``k`` (deliberately not
+contiguous, like real COCO); ``bbox`` is the tight ``[x, y, w, h]`` box of the
+*visible* (post-occlusion) mask, ``area`` its pixel count and ``segmentation`` its
+RLE. Objects that would end up less than ``min_visible_fraction`` visible, or
+smaller than ``min_visible_area`` pixels, are removed from the scene before
+rendering, so nothing visible is unlabeled. Classification labels are contiguous
+0-based indices into the classification categories.
+
+Every image is a pure function of ``(seed, split, index)``, so results do not
+depend on the number of worker processes. Worlds are cached by a hash of the
+whole :class:`WorldSpec` and :data:`WORLD_VERSION`, and generated into a temporary
+sibling directory that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import multiprocessing
+import numbers
+import os
+import pathlib
+import shutil
+import time
+import uuid
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from stlib.data import shapes
+
+WORLD_VERSION = 1
+
+DETECTION_NAMES: tuple[str, ...] = shapes.SHAPE_NAMES[: shapes.NUM_DETECTION_SHAPES]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    """Every knob of a world; the defaults are the ``"mini"`` preset.
+
+    Sizes given as ``*_frac`` are fractions of the image side (scene side for
+    scene knobs, ``cls_image_size`` for classification knobs), so presets with
+    other image sizes keep the same look. Object "size" is the diameter of the
+    unrotated shape (at 128 px the default range is 10-56 px, log-uniform, so
+    small objects are common).
+    """
+
+    seed: int = 0
+    scale: str = "mini"
+    # --- split sizes ---
+    image_size: int = 128
+    num_train: int = 2400
+    num_val: int = 500
+    num_pool_scenes: int = 8000
+    cls_image_size: int = 64
+    num_cls_categories: int = 40
+    num_cls_train_per_class: int = 150
+    num_cls_val_per_class: int = 30
+    num_pool_objects: int = 8000
+    # --- scene difficulty ---
+    objects_per_scene: tuple[int, int] = (2, 7)
+    object_size_frac: tuple[float, float] = (10 / 128, 56 / 128)
+    max_aspect: float = 1.25  # shapes are stretched by a random ratio in [1/max_aspect, max_aspect]
+    max_overlap: float = 0.45  # placement: bounding circles may overlap this fraction of their summed radii
+    min_visible_fraction: float = 0.3  # objects less visible than this (after occlusion) are removed
+    min_visible_area: int = 12  # ... as are objects with fewer visible pixels
+    clutter_per_scene: tuple[int, int] = (3, 10)
+    clutter_size_frac: tuple[float, float] = (0.06, 0.35)
+    background_noise: float = 28.0  # std of the low-frequency background noise (0-255 scale)
+    background_pattern_prob: float = 0.3  # chance of a faint stripe/checker pattern on the background
+    min_contrast: float = 60.0  # min RGB distance between object colours and the local background
+    pixel_noise: float = 5.0  # std of the i.i.d. pixel noise added last
+    # --- object-centric images ---
+    cls_object_size_frac: tuple[float, float] = (0.4, 0.8)
+    cls_clutter_per_image: tuple[int, int] = (0, 2)
+    cls_clutter_size_frac: tuple[float, float] = (0.1, 0.3)
+    # --- rendering ---
+    supersample: int = 2  # anti-aliasing: supersample x supersample samples per pixel
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        for name in ("objects_per_scene", "object_size_frac", "clutter_per_scene", "clutter_size_frac",
+                     "cls_object_size_frac", "cls_clutter_per_image", "cls_clutter_size_frac"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"WorldSpec.{name} must be an ordered non-negative range, got {(lo, hi)}")
+        for name in ("image_size", "num_train", "num_val", "num_pool_scenes", "cls_image_size",
+                     "num_cls_train_per_class", "num_cls_val_per_class", "num_pool_objects", "supersample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorldSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if not len(DETECTION_NAMES) <= self.num_cls_categories <= len(shapes.SHAPE_NAMES):
+            raise ValueError(f"WorldSpec.num_cls_categories must be in [{len(DETECTION_NAMES)}, "
+                             f"{len(shapes.SHAPE_NAMES)}], got {self.num_cls_categories}")
+        if self.max_aspect < 1:
+            raise ValueError(f"WorldSpec.max_aspect must be >= 1, got {self.max_aspect}")
+
+
+_PRESETS: dict[str, dict] = {
+    "mini": {},
+    "smoke": dict(image_size=64, num_train=32, num_val=16, num_pool_scenes=16, cls_image_size=32,
+                  num_cls_train_per_class=2, num_cls_val_per_class=1, num_pool_objects=16),
+}
+
+# split name -> (rng stream code, kind of image)
+_SPLITS: dict[str, tuple[int, str]] = {
+    "detection/train": (1, "scene"),
+    "detection/val": (2, "scene"),
+    "pools/scenes": (3, "scene"),
+    "classification/train": (4, "object"),
+    "classification/val": (5, "object"),
+    "pools/objects": (6, "object"),
+}
+_CHUNK = {"scene": 64, "object": 160}
+
+
+def world_spec(scale: str = "mini", seed: int = 0, **overrides) -> WorldSpec:
+    """Build a :class:`WorldSpec` from a preset (``"smoke"`` or ``"mini"``) plus field overrides.
+
+    Raises ``ValueError`` naming an unknown scale or override key.
+    """
+    if scale not in _PRESETS:
+        raise ValueError(f"unknown world scale {scale!r}; expected one of {sorted(_PRESETS)}")
+    known = {f.name for f in dataclasses.fields(WorldSpec)} - {"scale", "seed"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown WorldSpec override(s) {unknown}; known fields: {sorted(known)}")
+    return WorldSpec(seed=seed, scale=scale, **{**_PRESETS[scale], **overrides})
+
+
+def world_cache_dir() -> pathlib.Path:
+    """The cache directory: ``$STLIB_CACHE`` if set, else ``<repo root>/.cache``."""
+    env = os.environ.get("STLIB_CACHE")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parents[2] / ".cache"
+
+
+def world_root(spec: WorldSpec, cache_dir=None) -> pathlib.Path:
+    """Directory of the world for ``spec``: ``<cache>/world/v{VERSION}-{scale}-s{seed}-{spec hash}``."""
+    blob = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
+    base = pathlib.Path(cache_dir) if cache_dir is not None else world_cache_dir()
+    return base / "world" / f"v{WORLD_VERSION}-{spec.scale}-s{spec.seed}-{digest}"
+
+
+def detection_categories() -> list[dict]:
+    """COCO category records of the detection task (ids ``2 * k + 1``)."""
+    return [{"id": 2 * k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(DETECTION_NAMES)]
+
+
+def classification_categories(spec: WorldSpec) -> list[dict]:
+    """Classification category records ``{"index", "name"}``; the first ones are the detection categories."""
+    return [{"index": i, "name": name} for i, name in enumerate(shapes.SHAPE_NAMES[: spec.num_cls_categories])]
+
+
+# ------------------------------------------------------------------ rendering
+class Scene(NamedTuple):
+    """A rendered scene: RGB image, semantic mask and the visible instances.
+
+    ``instances`` is a list of ``(category_index, visible_mask)`` with the
+    0-based contiguous detection category index and a full-size bool mask.
+    """
+
+    image: np.ndarray
+    semantic: np.ndarray
+    instances: list
+
+
+def _rng(spec: WorldSpec, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, _SPLITS[split][0], index])
+
+
+@functools.lru_cache(maxsize=16)
+def _interp_matrix(size: int, knots: int) -> np.ndarray:
+    """(size, knots) linear-interpolation weights from ``knots`` control points spread over ``size`` pixels."""
+    pos = (np.arange(size) + 0.5) / size * (knots - 1)
+    lo = np.minimum(pos.astype(int), knots - 2)
+    frac = pos - lo
+    m = np.zeros((size, knots), np.float32)
+    m[np.arange(size), lo] = 1 - frac
+    m[np.arange(size), lo + 1] = frac
+    return m
+
+
+def _background(rng, spec: WorldSpec, size: int) -> np.ndarray:
+    """Colour gradient + low-frequency noise + an optional faint pattern, float32 (size, size, 3)."""
+    ca, cb = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+    ang = rng.uniform(0, 2 * math.pi)
+    coord = np.arange(size, dtype=np.float32) / size
+    t = (coord[None, :] * math.cos(ang) + coord[:, None] * math.sin(ang))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    img = ca + t[..., None] * (cb - ca)
+    m = _interp_matrix(size, 5)
+    knots = rng.normal(0, spec.background_noise, (3, 5, 5)).astype(np.float32)
+    img += (m @ knots @ m.T).transpose(1, 2, 0)
+    if rng.random() < spec.background_pattern_prob:
+        period = rng.uniform(0.04, 0.12) * size
+        pat_ang = rng.uniform(0, math.pi)
+        u = (np.arange(size)[None, :] * math.cos(pat_ang) + np.arange(size)[:, None] * math.sin(pat_ang)) / period
+        if rng.random() < 0.5:
+            pattern = (u % 1.0) < 0.5
+        else:
+            v = (np.arange(size)[:, None] * math.cos(pat_ang) - np.arange(size)[None, :] * math.sin(pat_ang)) / period
+            pattern = (np.floor(u) + np.floor(v)) % 2 == 0
+        img += (pattern.astype(np.float32) - 0.5)[..., None] * rng.uniform(-50, 50, 3).astype(np.float32)
+    return img
+
+
+def _texture(rng, kind: int, colors: np.ndarray, y0: int, x0: int, h: int, w: int, diameter: float):
+    """Texture of an object's window: 0 solid, 1 stripes, 2 checker, 3 dots, 4 noisy gradient."""
+    c1, c2 = colors
+    if kind == 0:
+        return c1
+    yy = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
+    xx = np.arange(x0, x0 + w, dtype=np.float32)[None, :]
+    ang = rng.uniform(0, math.pi)
+    ca, sa = math.cos(ang), math.sin(ang)
+    if kind == 4:
+        t = xx * ca + yy * sa
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        noise = rng.normal(0, 12, (h, w, 1)).astype(np.float32)
+        return c1 + t[..., None] * (c2 - c1) + noise
+    period = max(2.0, rng.uniform(0.12, 0.3) * diameter)
+    u = (xx * ca + yy * sa) / period
+    if kind == 1:
+        sel = (u % 1.0) < 0.5
+    else:
+        v = (yy * ca - xx * sa) / period
+        if kind == 2:
+            sel = (np.floor(u) + np.floor(v)) % 2 == 0
+        else:
+            sel = ((u % 1.0) - 0.5) ** 2 + ((v % 1.0) - 0.5) ** 2 < 0.09
+    return np.where(sel[..., None], c2, c1)
+
+
+def _pick_colors(rng, spec: WorldSpec, local_bg: np.ndarray) -> np.ndarray:
+    """Two texture colours, each at least ``min_contrast`` (RGB distance) from ``local_bg`` when possible."""
+    best, best_score = None, -1.0
+    for _ in range(8):
+        colors = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        score = float(np.linalg.norm(colors - local_bg, axis=1).min())
+        if score > best_score:
+            best, best_score = colors, score
+        if score >= spec.min_contrast:
+            break
+    return best
+
+
+def _paint(rng, spec: WorldSpec, img: np.ndarray, y0: int, x0: int, alpha: np.ndarray, diameter: float,
+           texture_kinds: int = 5) -> None:
+    """Composite a randomly coloured and textured object (coverage ``alpha`` at ``(y0, x0)``) onto ``img``."""
+    h, w = alpha.shape
+    win = img[y0:y0 + h, x0:x0 + w]
+    a = alpha[..., None]
+    local_bg = (win * a).sum(axis=(0, 1)) / max(float(alpha.sum()), 1e-6)
+    kind = int(rng.integers(texture_kinds))
+    colors = _pick_colors(rng, spec, local_bg)
+    tex = _texture(rng, kind, colors, y0, x0, h, w, diameter)
+    win += a * (tex - win)
+
+
+def _clutter(rng, spec: WorldSpec, img: np.ndarray, count: int, size_frac) -> None:
+    """Draw ``count`` distractors (segments, blobs, irregular polygons) that belong to no category."""
+    size = img.shape[0]
+    for _ in range(count):
+        kind = int(rng.integers(3))
+        diameter = rng.uniform(*size_frac) * size
+        cx, cy = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, 2 * math.pi)
+        aspect = 1.0
+        if kind == 0:  # line segment, 1-3 px thick
+            diameter *= 1.5
+            half_w = rng.uniform(0.5, 1.5) * max(1.0, size / 128) / (diameter / 2)
+            inside = shapes.rect(-1.0, -half_w, 1.0, half_w)
+        elif kind == 1:  # smooth irregular blob
+            amps = rng.uniform(0.1, 0.3, 3)
+            phases = rng.uniform(0, 2 * math.pi, 3)
+            norm = 1.0 + amps.sum()
+            inside = shapes.blob(lambda a, amps=amps, phases=phases, norm=norm: (
+                1.0 + sum(amps[k] * np.cos((k + 2) * a + phases[k]) for k in range(3))) / norm)
+            aspect = math.exp(rng.uniform(-0.5, 0.5))
+        else:  # irregular polygon with strongly jittered radii
+            n = int(rng.integers(5, 9))
+            angs = np.sort(rng.uniform(0, 2 * math.pi, n))
+            radii = rng.uniform(0.3, 1.0, n)
+            inside = shapes.polygon(np.stack([radii * np.cos(angs), radii * np.sin(angs)], 1))
+        res = shapes.rasterize(inside, cx, cy, diameter / 2, aspect, angle, size, size, spec.supersample)
+        if res is not None and res[2].any():
+            _paint(rng, spec, img, res[0], res[1], res[2], diameter, texture_kinds=5 if kind else 1)
+
+
+def _finish(rng, spec: WorldSpec, img: np.ndarray) -> np.ndarray:
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(spec.pixel_noise)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
+    """Render scene ``index`` of a scene split (``detection/train``, ``detection/val``, ``pools/scenes``)."""
+    rng = _rng(spec, split, index)
+    size = spec.image_size
+    k = len(DETECTION_NAMES)
+
+    # 1. layout: category, size, aspect, rotation and a position that limits overlap
+    placed = []  # (cat, cx, cy, radius, aspect, angle, bounding radius)
+    log_lo, log_hi = (math.log(f * size) for f in spec.object_size_frac)
+    log_aspect = math.log(spec.max_aspect)
+    for _ in range(int(rng.integers(spec.objects_per_scene[0], spec.objects_per_scene[1] + 1))):
+        cat = int(rng.integers(k))
+        radius = math.exp(rng.uniform(log_lo, log_hi)) / 2
+        aspect = math.exp(rng.uniform(-log_aspect, log_aspect))
+        angle = rng.uniform(0, 2 * math.pi)
+        rb = radius * math.sqrt(max(aspect, 1 / aspect))
+        lo, hi = min(rb, size / 2), max(size - rb, size / 2)
+        for _ in range(20):
+            cx, cy = rng.uniform(lo, hi, 2)
+            if all(math.hypot(cx - p[1], cy - p[2]) >= (1 - spec.max_overlap) * (rb + p[6]) for p in placed):
+                placed.append((cat, cx, cy, radius, aspect, angle, rb))
+                break
+
+    # 2. rasterise; drop objects that later objects would occlude too much (top-down pass)
+    rendered = []
+    for cat, cx, cy, radius, aspect, angle, _ in placed:
+        res = shapes.rasterize(shapes.SHAPES[DETECTION_NAMES[cat]], cx, cy, radius, aspect, angle,
+                               size, size, spec.supersample)
+        if res is not None:
+            rendered.append((cat, res[0], res[1], res[2], res[2] >= 0.5, 2 * radius))
+    occupied = np.zeros((size, size), bool)
+    kept = []
+    for obj in reversed(rendered):
+        _, y0, x0, _, mask, _ = obj
+        h, w = mask.shape
+        full = int(mask.sum())
+        visible = int((mask & ~occupied[y0:y0 + h, x0:x0 + w]).sum())
+        if visible >= spec.min_visible_area and visible >= spec.min_visible_fraction * full:
+            occupied[y0:y0 + h, x0:x0 + w] |= mask
+            kept.append(obj)
+    kept.reverse()
+
+    # 3. paint background, clutter, then objects bottom to top
+    img = _background(rng, spec, size)
+    _clutter(rng, spec, img, int(rng.integers(spec.clutter_per_scene[0], spec.clutter_per_scene[1] + 1)),
+             spec.clutter_size_frac)
+    owner = np.full((size, size), -1, np.int16)
+    for i, (_, y0, x0, alpha, mask, diameter) in enumerate(kept):
+        _paint(rng, spec, img, y0, x0, alpha, diameter)
+        h, w = mask.shape
+        owner[y0:y0 + h, x0:x0 + w][mask] = i
+    image = _finish(rng, spec, img)
+
+    lut = np.array([0] + [obj[0] + 1 for obj in kept], np.uint8)
+    semantic = lut[owner + 1]
+    instances = [(obj[0], owner == i) for i, obj in enumerate(kept)]
+    return Scene(image, semantic, instances)
+
+
+def render_object_image(spec: WorldSpec, split: str, index: int) -> tuple[np.ndarray, int]:
+    """Render object-centric image ``index`` of ``classification/{train,val}`` or ``pools/objects``.
+
+    Returns ``(image, label)``. Labelled splits are class balanced
+    (``label = index % num_cls_categories``); pool labels are drawn at random.
+    """
+    rng = _rng(spec, split, index)
+    n = spec.num_cls_categories
+    label = int(rng.integers(n)) if split == "pools/objects" else index % n
+    size = spec.cls_image_size
+    img = _background(rng, spec, size)
+    _clutter(rng, spec, img, int(rng.integers(spec.cls_clutter_per_image[0], spec.cls_clutter_per_image[1] + 1)),
+             spec.cls_clutter_size_frac)
+    diameter = rng.uniform(*spec.cls_object_size_frac) * size
+    log_aspect = math.log(spec.max_aspect)
+    aspect = math.exp(rng.uniform(-log_aspect, log_aspect))
+    angle = rng.uniform(0, 2 * math.pi)
+    rb = diameter / 2 * math.sqrt(max(aspect, 1 / aspect))
+    jitter = max(0.0, min(0.12 * size, size / 2 - rb))
+    cx, cy = size / 2 + rng.uniform(-jitter, jitter, 2)
+    y0, x0, alpha = shapes.rasterize(shapes.SHAPES[shapes.SHAPE_NAMES[label]], cx, cy, diameter / 2, aspect,
+                                     angle, size, size, spec.supersample)
+    _paint(rng, spec, img, y0, x0, alpha, diameter)
+    return _finish(rng, spec, img), label
+
+
+# ----------------------------------------------------------------- generation
+def _save_png(array: np.ndarray, path: pathlib.Path) -> None:
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
+def _instance_record(category: int, mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+    return {"category_id": 2 * category + 1, "bbox": bbox, "area": int(mask.sum()), "iscrowd": 0,
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}}
+
+
+def _render_chunk(task) -> tuple[str, int, list]:
+    """Render images ``[start, stop)`` of one split into ``out``; returns their labels / annotations."""
+    spec, out, split, start, stop = task
+    out = pathlib.Path(out)
+    kind = _SPLITS[split][1]
+    records = []
+    for i in range(start, stop):
+        name = f"{i:06d}.png"
+        if kind == "scene":
+            scene = render_scene(spec, split, i)
+            _save_png(scene.image, out / split / "images" / name)
+            if split.startswith("detection/"):
+                _save_png(scene.semantic, out / split / "masks" / name)
+            records.append([_instance_record(c, m) for c, m in scene.instances])
+        else:
+            image, label = render_object_image(spec, split, i)
+            _save_png(image, out / split / "images" / name)
+            records.append(label)
+    return split, start, records
+
+
+def _split_sizes(spec: WorldSpec) -> dict[str, int]:
+    n = spec.num_cls_categories
+    return {
+        "detection/train": spec.num_train,
+        "detection/val": spec.num_val,
+        "pools/scenes": spec.num_pool_scenes,
+        "classification/train": spec.num_cls_train_per_class * n,
+        "classification/val": spec.num_cls_val_per_class * n,
+        "pools/objects": spec.num_pool_objects,
+    }
+
+
+def _coco(spec: WorldSpec, split: str, per_image: list) -> dict:
+    images, annotations = [], []
+    for i, anns in enumerate(per_image):
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": spec.image_size,
+                       "height": spec.image_size})
+        for ann in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **ann})
+    return {"info": {"description": f"stlib embedded world {split}", "version": WORLD_VERSION,
+                     "seed": spec.seed, "scale": spec.scale},
+            "licenses": [], "images": images, "annotations": annotations, "categories": detection_categories()}
+
+
+def _labels_json(spec: WorldSpec, labels: list) -> dict:
+    return {"categories": classification_categories(spec),
+            "images": [{"file_name": f"{i:06d}.png", "label": int(lab)} for i, lab in enumerate(labels)]}
+
+
+def _write_json(obj, path: pathlib.Path, indent=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
+
+
+def _is_complete(root: pathlib.Path) -> bool:
+    try:
+        with open(root / "manifest.json") as f:
+            return json.load(f).get("version") == WORLD_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def generate_world(spec: WorldSpec, cache_dir=None, workers: int | None = None, progress: bool = True) -> pathlib.Path:
+    """Generate the world for ``spec`` (or find it in the cache) and return its root directory.
+
+    A root holding a complete ``manifest.json`` is returned immediately.
+    Otherwise images are rendered by a pool of ``workers`` processes (default
+    ``os.cpu_count()``; ``1`` renders in-process) into a temporary sibling
+    directory that is renamed into place at the end, so an interrupted run never
+    leaves a world that looks complete. Workers are *spawned* (never forked, so
+    a parent that already runs JAX is safe); a plain script that calls this must
+    do so under ``if __name__ == "__main__":`` (notebooks need nothing).
+    """
+    root = world_root(spec, cache_dir)
+    if _is_complete(root):
+        return root
+    if root.exists():  # not produced by a finished generation (renames are atomic): discard
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(root)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _generate_into(spec, tmp, root.name, workers or os.cpu_count() or 1, progress)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not _is_complete(root):  # lost a race only if the winner finished
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _remove_stale_temps(root: pathlib.Path) -> None:
+    """Delete temporary dirs of ``root`` left by killed generations (their process no longer exists)."""
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        try:
+            os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, OSError):  # foreign name, or a live process we may not signal
+            pass
+
+
+def _generate_into(spec: WorldSpec, out: pathlib.Path, name: str, workers: int, progress: bool) -> None:
+    start_time = time.perf_counter()
+    sizes = _split_sizes(spec)
+    for split in sizes:
+        (out / split / "images").mkdir(parents=True)
+        if split.startswith("detection/"):
+            (out / split / "masks").mkdir()
+    tasks = [(spec, str(out), split, lo, min(lo + _CHUNK[_SPLITS[split][1]], n))
+             for split, n in sizes.items() for lo in range(0, n, _CHUNK[_SPLITS[split][1]])]
+    results: dict[str, list] = {split: [None] * n for split, n in sizes.items()}
+    bar = tqdm(total=sum(sizes.values()), desc=f"world {name}",
+               unit="img", disable=not progress)
+    try:
+        if workers == 1:
+            _collect(map(_render_chunk, tasks), results, bar)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                _collect(pool.imap_unordered(_render_chunk, tasks), results, bar)
+    finally:
+        bar.close()
+
+    counts = {}
+    for split in ("detection/train", "detection/val"):
+        coco = _coco(spec, split, results[split])
+        _write_json(coco, out / "detection" / "annotations" / f"{split.split('/')[1]}.json")
+        counts[split] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
+    coco = _coco(spec, "pools/scenes", results["pools/scenes"])
+    _write_json(coco, out / "hidden" / "scenes.json")
+    counts["pools/scenes"] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
+    for split in ("classification/train", "classification/val"):
+        _write_json(_labels_json(spec, results[split]), out / "classification" / f"{split.split('/')[1]}.json")
+        counts[split] = {"images": len(results[split])}
+    _write_json(_labels_json(spec, results["pools/objects"]), out / "hidden" / "objects.json")
+    counts["pools/objects"] = {"images": len(results["pools/objects"])}
+
+    manifest = {
+        "version": WORLD_VERSION,
+        "seed": spec.seed,
+        "scale": spec.scale,
+        "spec": dataclasses.asdict(spec),
+        "counts": counts,
+        "detection_categories": detection_categories(),
+        "classification_categories": classification_categories(spec),
+        "detection_to_classification": {str(2 * k + 1): k for k in range(len(DETECTION_NAMES))},
+    }
+    _write_json(manifest, out / "manifest.json", indent=2)  # written last: marks the world complete
+    if progress:
+        print(f"world generated in {time.perf_counter() - start_time:.1f}s "
+              f"({sum(sizes.values())} images, {workers} worker(s))")
+
+
+def _collect(chunks, results: dict, bar) -> None:
+    for split, start, records in chunks:
+        results[split][start:start + len(records)] = records
+        bar.update(len(records))
+
+
+def label_subset(image_ids, fraction: float, seed: int) -> list[int]:
+    """Deterministic, nested labeled subset: the first ``round(fraction * N)`` ids of a seeded permutation.
+
+    For a fixed id set and seed, the subset for a smaller fraction is contained
+    in the subset for a larger one. Returns sorted ids (at least one when ids
+    are given). Raises ``ValueError`` unless ``0 < fraction <= 1``.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        return []
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n = max(1, int(math.floor(fraction * len(ids) + 0.5)))
+    return sorted(ids[j] for j in order[:n])
+
+
+def ensure_world(scale: str = "mini", seed: int = 0, *, cache_dir=None, workers: int | None = None,
+                 progress: bool = True, **overrides) -> pathlib.Path:
+    """``generate_world(world_spec(scale, seed, **overrides))``: the root of a (cached) world."""
+    return generate_world(world_spec(scale, seed, **overrides), cache_dir=cache_dir, workers=workers,
+                          progress=progress)
