@@ -16,6 +16,10 @@ def _print_result(run_dir, result: dict) -> None:
     print("COCO " + "  ".join(f"{k} {result[k]:.4f}" if result.get(k) is not None else f"{k} n/a" for k in keys))
     print(f"best step {result.get('best_step')}, last step {result.get('last_step')}, "
           f"stopped early: {result.get('stopped_early')}, devices: {result.get('devices')}")
+    for split, stats in (result.get("data_stats") or {}).items():
+        counted = ", ".join(f"{k}={v}" for k, v in sorted(stats.items()) if v)
+        if counted:
+            print(f"data ({split}): {counted}")
 
 
 def cmd_train(args) -> int:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ParamsError(ValueError):
@@ -156,6 +160,8 @@ def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and _SCI.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -53,3 +53,9 @@ def test_run_id_is_content_address():
     c = cfg.load_params(SMOKE, ["train.steps=7"])
     assert cfg.run_id(a) == cfg.run_id(b) != cfg.run_id(c)
     assert cfg.load_params(None).train.batch_size == 256
+
+
+def test_scientific_notation_without_dot_is_a_float():
+    assert cfg.load_params(SMOKE, ["train.weight_decay=1e-4"]).train.weight_decay == 1e-4
+    with pytest.raises(cfg.ParamsError, match="'train.base_lr' must be float"):
+        cfg.load_params(SMOKE, ["train.base_lr=fast"])

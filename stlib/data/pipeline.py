@@ -38,15 +38,19 @@ class DetectionData:
       max_boxes: boxes per example after padding (extra boxes are dropped and counted).
       cache_images: decode every image once and keep it in memory (small datasets).
       workers: decoding threads.
+      with_masks: add the semantic `mask` (255 = ignore) where the source has mask files; the
+        segmentation track needs it, detection training does not pay for it.
     """
 
-    def __init__(self, source, image_size: int, max_boxes: int, cache_images: bool = True, workers: int = 4):
+    def __init__(self, source, image_size: int, max_boxes: int, cache_images: bool = True, workers: int = 4,
+                 with_masks: bool = False):
         self.source = source
+        self.with_masks = with_masks
         self.image_size = image_size
         self.max_boxes = max_boxes
         self.stats = {"images_corrupt": 0, "boxes_truncated": 0}
         self._cache: dict[int, np.ndarray] = {}
-        self._perm_cache: dict[int, np.ndarray] = {}
+        self._perm_cache: dict[tuple, np.ndarray] = {}
         indices = list(range(len(source.records)))
         if cache_images:
             with ThreadPoolExecutor(workers) as pool:
@@ -97,7 +101,7 @@ class DetectionData:
         ex = {"image": canvas, "image_hw": np.array(img.shape[:2], np.int32), "boxes": boxes,
               "classes": classes, "valid": valid, "image_id": np.int64(rec.image_id),
               "scale": np.float32(scale), "example_valid": np.bool_(True)}
-        if getattr(rec, "mask_file", None):
+        if self.with_masks and rec.mask_file:
             mask = np.full((s, s), 255, np.uint8)
             sem = np.asarray(Image.open(rec.mask_file).resize(img.shape[1::-1], Image.NEAREST))
             mask[: img.shape[0], : img.shape[1]] = sem
@@ -105,9 +109,10 @@ class DetectionData:
         return ex
 
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-        if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng([seed, epoch]).permutation(self.indices)}
-        return self._perm_cache[epoch]
+        key = (seed, epoch)
+        if key not in self._perm_cache:  # one epoch's order cached at a time
+            self._perm_cache = {key: np.random.default_rng([seed, epoch]).permutation(self.indices)}
+        return self._perm_cache[key]
 
     def train_batch(self, step: int, batch_size: int, seed: int,
                     process_index: int = 0, process_count: int = 1) -> dict:

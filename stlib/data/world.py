@@ -72,7 +72,7 @@ class WorldSpec:
     Sizes given as ``*_frac`` are fractions of the image side (scene side for
     scene knobs, ``cls_image_size`` for classification knobs), so presets with
     other image sizes keep the same look. Object "size" is the diameter of the
-    unrotated shape (at 128 px the default range is 10-56 px, log-uniform, so
+    unrotated shape (at 128 px the default range is 16-64 px, log-uniform, so
     small objects are common).
     """
 
@@ -89,17 +89,18 @@ class WorldSpec:
     num_cls_val_per_class: int = 30
     num_pool_objects: int = 8000
     # --- scene difficulty ---
-    objects_per_scene: tuple[int, int] = (2, 7)
-    object_size_frac: tuple[float, float] = (10 / 128, 56 / 128)
+    objects_per_scene: tuple[int, int] = (2, 6)
+    object_size_frac: tuple[float, float] = (16 / 128, 64 / 128)
     max_aspect: float = 1.25  # shapes are stretched by a random ratio in [1/max_aspect, max_aspect]
     max_overlap: float = 0.45  # placement: bounding circles may overlap this fraction of their summed radii
     min_visible_fraction: float = 0.3  # objects less visible than this (after occlusion) are removed
     min_visible_area: int = 12  # ... as are objects with fewer visible pixels
-    clutter_per_scene: tuple[int, int] = (3, 10)
-    clutter_size_frac: tuple[float, float] = (0.06, 0.35)
+    clutter_per_scene: tuple[int, int] = (0, 3)
+    clutter_size_frac: tuple[float, float] = (0.05, 0.25)
     background_noise: float = 28.0  # std of the low-frequency background noise (0-255 scale)
-    background_pattern_prob: float = 0.3  # chance of a faint stripe/checker pattern on the background
-    min_contrast: float = 60.0  # min RGB distance between object colours and the local background
+    background_pattern_prob: float = 0.15  # chance of a faint stripe/checker pattern on the background
+    min_contrast: float = 80.0  # min RGB distance between object colours and the local background
+    texture_strength: float = 0.5  # 1 = full-contrast two-colour textures; 0 = solid objects
     pixel_noise: float = 5.0  # std of the i.i.d. pixel noise added last
     # --- object-centric images ---
     cls_object_size_frac: tuple[float, float] = (0.4, 0.8)
@@ -127,6 +128,8 @@ class WorldSpec:
                              f"{len(shapes.SHAPE_NAMES)}], got {self.num_cls_categories}")
         if self.max_aspect < 1:
             raise ValueError(f"WorldSpec.max_aspect must be >= 1, got {self.max_aspect}")
+        if not 0 <= self.texture_strength <= 1:
+            raise ValueError(f"WorldSpec.texture_strength must be in [0, 1], got {self.texture_strength}")
 
 
 _PRESETS: dict[str, dict] = {
@@ -289,6 +292,7 @@ def _paint(rng, spec: WorldSpec, img: np.ndarray, y0: int, x0: int, alpha: np.nd
     local_bg = (win * a).sum(axis=(0, 1)) / max(float(alpha.sum()), 1e-6)
     kind = int(rng.integers(texture_kinds))
     colors = _pick_colors(rng, spec, local_bg)
+    colors[1] = colors[0] + spec.texture_strength * (colors[1] - colors[0])
     tex = _texture(rng, kind, colors, y0, x0, h, w, diameter)
     win += a * (tex - win)
 

@@ -76,6 +76,37 @@ def early_stop_due(evals: list[dict], patience: int) -> bool:
     return len(evals) - 1 - best_i >= patience
 
 
+class Detector:
+    """The model, anchors, optimizer and jitted steps for `params` on `mesh` (no data needed).
+
+    `train_step(state, batch)` and `predict_step(variables, batch)` are jitted with the state
+    replicated and the batch sharded on `data`; `train_step` donates the state.
+    """
+
+    def __init__(self, params: cfg.Params, num_classes: int, mesh):
+        p, mp, pp = params, params.model, params.postprocess
+        self.params, self.mesh = p, mesh
+        self.model = create_model(mp, num_classes=num_classes)
+        anchor_cfg = AnchorConfig(mp.min_level, mp.max_level, mp.num_scales, tuple(mp.aspect_ratios), mp.anchor_size)
+        size = p.data.image_size
+        rep, bat = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+        self.anchors = jax.device_put(np.asarray(generate_anchors((size, size), anchor_cfg)), rep)
+        self.tx = create_optimizer(p.train)
+        self.post_cfg = PostprocessConfig(pp.pre_nms_top_k, pp.score_threshold, pp.nms_iou_threshold,
+                                          pp.max_detections, pp.method, pp.soft_nms_sigma)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p),
+            in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
+        self.predict_step = jax.jit(
+            functools.partial(predict_step, model=self.model, anchors=self.anchors, post_cfg=self.post_cfg,
+                              image_size=size),
+            in_shardings=(rep, bat), out_shardings=rep)
+
+    def init_state(self):
+        return create_train_state(self.model, self.tx, self.params.data.image_size,
+                                  jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
+
+
 class Experiment:
     """Everything a detection run needs, built from params (data, model, mesh, jitted steps)."""
 
@@ -91,29 +122,13 @@ class Experiment:
         self.train_data = DetectionData(train_src, p.data.image_size, p.data.max_boxes)
         self.val_data = DetectionData(val_src, p.data.image_size, p.data.max_boxes)
         self.coco_gt = val_src.coco_gt()
-        mp = p.model
-        self.model = create_model(mp, num_classes=len(self.category_ids))
-        anchor_cfg = AnchorConfig(mp.min_level, mp.max_level, mp.num_scales, tuple(mp.aspect_ratios), mp.anchor_size)
-        size = p.data.image_size
-        self.anchors = jax.device_put(np.asarray(generate_anchors((size, size), anchor_cfg)),
-                                      sharding.replicated(self.mesh))
-        self.tx = create_optimizer(p.train)
-        pp = p.postprocess
-        self.post_cfg = PostprocessConfig(pp.pre_nms_top_k, pp.score_threshold, pp.nms_iou_threshold,
-                                          pp.max_detections, pp.method, pp.soft_nms_sigma)
-        rep, bat = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-        self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p),
-            in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-        self.predict_step = jax.jit(
-            functools.partial(predict_step, model=self.model, anchors=self.anchors, post_cfg=self.post_cfg,
-                              image_size=size),
-            in_shardings=(rep, bat), out_shardings=rep)
+        self.detector = Detector(p, len(self.category_ids), self.mesh)
+        self.model, self.anchors, self.tx = self.detector.model, self.detector.anchors, self.detector.tx
+        self.train_step, self.predict_step = self.detector.train_step, self.detector.predict_step
         self.progress = progress
 
     def init_state(self):
-        return create_train_state(self.model, self.tx, self.params.data.image_size,
-                                  jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
+        return self.detector.init_state()
 
     def predict(self, state, data: DetectionData = None, limit: int | None = None):
         """Detections (numpy, batched dicts) over `data` (default: validation)."""

@@ -7,7 +7,7 @@ train on a 2-core CPU.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,0 +1,83 @@
+"""benchmarks/train_step.py: runs end to end at a tiny size and prints its fields (no timings are checked)."""
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "benchmarks/train_step.py"
+TINY = ["--model", "mini", "--size", "64", "--batch", "2", "--steps", "2", "--warmup", "1", "--matmul-size", "128",
+        "--matmul-reps", "2"]
+FIELDS = ["model", "image size", "batch", "dtype", "devices", "platform", "jax", "cpu", "parameters", "compile s",
+          "first step s", "ms/step mean", "ms/step p50", "ms/step p90", "GFLOP/step", "achieved GFLOP/s",
+          "matmul GFLOP/s", "achieved/matmul", "flop counting", "images/s"]
+
+
+def _bench(*args, timeout=300):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _fields(out: str) -> dict:
+    return dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_mini_run_prints_every_field_and_writes_a_row(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    out = _bench(*TINY, "--devices", "2", "--write", "--results", str(results))
+    f = _fields(out)
+    for k in FIELDS:
+        assert k in f, f"missing {k!r} in:\n{out}"
+    assert f["image size"] == "64"
+    assert f["devices"].startswith("2 x ")
+    assert "resnet-mini" in f["model"] and "10 classes" in f["model"]
+    assert "a multiply-add is 2 flops" in f["flop counting"]
+    for k in ("compile s", "ms/step mean", "GFLOP/step", "achieved GFLOP/s", "matmul GFLOP/s"):
+        assert float(f[k].split()[0]) > 0, (k, f[k])
+    assert re.fullmatch(r"images/s: [0-9.]+", out.rstrip("\n").splitlines()[-1])
+
+    text = results.read_text()
+    assert "measurement" in text
+    rows = [l for l in text.splitlines() if l.startswith("| 2")]  # data rows start with the date
+    assert len(rows) == 1 and "| mini (resnet-mini) | 64 | 2 | float32 |" in rows[0]
+
+
+def test_write_results_appends_and_replaces_a_rerun(tmp_path):
+    mod = _load_module()
+    r = {"cpu": "Test CPU", "cores": 2, "devices": 2, "device_kind": "cpu", "model": "mini", "backbone": "resnet-mini",
+         "size": 64, "batch": 2, "dtype": "float32", "jax": "0.0", "compile_s": 1.0, "ms_mean": 10.0,
+         "images_per_s": 200.0, "flops": 1e9, "achieved_flops_per_s": 1e11, "matmul_flops_per_s": 2e11,
+         "matmul_n": 2048}
+    path = tmp_path / "RESULTS.md"
+    mod.write_results(path, r)
+    mod.write_results(path, {**r, "ms_mean": 20.0})           # same key: replaces
+    mod.write_results(path, {**r, "devices": 1})              # new key: appends
+    path.write_text(path.read_text() + "\nNotes kept below the table.\n")
+    mod.write_results(path, {**r, "batch": 4})
+    text = path.read_text()
+    rows = [l for l in text.splitlines() if l.startswith("| 2")]
+    assert len(rows) == 3
+    assert "| 2x cpu |" in rows[0] and "| 20.0 |" in rows[0] and "| 10.0 |" not in rows[0]
+    assert "| 1x cpu |" in rows[1] and "| 4 |" in rows[2]
+    assert text.startswith("# Train-step benchmark results") and text.endswith("Notes kept below the table.\n")
+
+
+@pytest.mark.slow
+def test_compare_devices_runs_one_and_two():
+    out = _bench("--model", "smoke", "--batch", "2", "--steps", "2", "--warmup", "1", "--matmul-size", "128",
+                 "--compare-devices", timeout=600)
+    assert "== 1 host device ==" in out and "== 2 host devices ==" in out
+    assert re.search(r"^speedup 2 vs 1 devices: [0-9.]+x", out, re.M)
+    assert re.fullmatch(r"images/s: [0-9.]+", out.rstrip("\n").splitlines()[-1])

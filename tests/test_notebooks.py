@@ -1,0 +1,43 @@
+"""Each notebook end to end through papermill with smoke params; checks what it recorded."""
+import json
+
+import nbformat
+
+from tests.conftest import SMOKE, run_python
+
+
+def test_train_notebook_records_the_run(tmp_path):
+    code = (f"import sys; from stlib.cli import main; "
+            f"sys.exit(main(['train', {SMOKE!r}, '--quiet', '--outputs', {str(tmp_path)!r}]))")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert run.name.startswith("smoke-retinanet-")
+    assert "COCO AP" in proc.stdout
+    for f in ("params.yaml", "metrics.json", "metrics.jsonl", "train.ipynb", "curves.png", "predictions.png"):
+        assert (run / f).is_file(), f
+    assert (run / "checkpoints" / "best").is_dir() and (run / "checkpoints" / "latest").is_dir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["last_step"] == 6
+    assert 0.0 <= metrics["AP"] <= 1.0 and metrics["best_step"] in (3, 6)
+    assert "images_corrupt" in metrics["data_stats"]["train"]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines if e["kind"] == "eval"] == [3, 6]
+    nb = nbformat.read(run / "train.ipynb", as_version=4)
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and str(run / "params.yaml") in injected[0].source
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # curves and predictions
+
+
+def test_params_error_stops_before_work(tmp_path):
+    code = (f"import sys; from stlib.cli import main; "
+            f"sys.exit(main(['train', {SMOKE!r}, '--set', 'train.stepz=3', '--outputs', {str(tmp_path)!r}]))")
+    proc = run_python(code)
+    assert proc.returncode == 2
+    assert "unknown key 'train.stepz'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
