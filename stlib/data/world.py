@@ -80,7 +80,7 @@ class WorldSpec:
     scale: str = "mini"
     # --- split sizes ---
     image_size: int = 128
-    num_train: int = 2400
+    num_train: int = 1200
     num_val: int = 500
     num_pool_scenes: int = 8000
     cls_image_size: int = 64

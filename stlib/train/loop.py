@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line ({"kind": "train"|"eval", "step": ..., ...})."""
+    """metrics.jsonl: one JSON object per line ({"kind": "train"|"eval"|"session", "step": ..., ...}).
+
+    A "session" line closes each stretch of training (steps and wall seconds, evaluation
+    included), so a resumed run still reports its total time.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -193,7 +198,9 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
     stopped_early = early_stop_due(evals, tp.early_stop_patience)
     t0, step = time.time(), start
     trained = 0
-    bar = tqdm(total=tp.steps, initial=start, desc=p.name, disable=not (progress and is_main), unit="step")
+    # Outside a terminal (papermill, logs) redraw every 30 s so the executed notebook stays small.
+    bar = tqdm(total=tp.steps, initial=start, desc=p.name, disable=not (progress and is_main), unit="step",
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     try:
         for batch in ([] if stopped_early else prefetch(batches())):
             state, metrics = exp.train_step(state, batch)
@@ -244,6 +251,9 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         if writer is not None:
             writer.flush()
     elapsed = time.time() - t0
+    if trained and is_main:
+        log.append({"kind": "session", "step": step, "steps": trained, "seconds": round(elapsed, 1)})
+    sessions = [e for e in log.entries if e["kind"] == "session"]
     evals = log.evals()
     best = max(evals, key=lambda e: e["AP"] if e["AP"] is not None else -1.0) if evals else None
     result = {
@@ -251,8 +261,9 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         **({k: best[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} if best else {}),
         "best_step": best["step"] if best else None,
         "last_step": step, "stopped_early": stopped_early,
-        "steps_this_session": trained, "seconds_this_session": round(elapsed, 1),
-        "images_per_s_this_session": round(trained * tp.batch_size / elapsed, 2) if trained and elapsed else None,
+        "sessions": len(sessions), "train_seconds": round(sum(e["seconds"] for e in sessions), 1),
+        "images_per_s": (round(sum(e["steps"] for e in sessions) * tp.batch_size
+                               / sum(e["seconds"] for e in sessions), 2) if sessions else None),
         "num_params": count_params(state.params), "devices": exp.mesh.devices.size,
         "platform": jax.devices()[0].platform, "train_images": len(exp.train_data),
         "val_images": len(exp.val_data),

@@ -28,9 +28,9 @@ def show_predictions(exp, state, n: int = 8, score_threshold: float = 0.3, save_
     """Predictions of `state` on the first `n` validation images next to their ground truth."""
     dets = exp.predict(state, limit=n)
     names = [c["name"] for c in exp.train_source.categories]
-    cols = min(n, 4)
+    cols = min(n, 3 if n % 4 else 4)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False, dpi=72)
     k = 0
     for det in dets:
         for b in range(len(det["image_id"])):
@@ -47,5 +47,5 @@ def show_predictions(exp, state, n: int = 8, score_threshold: float = 0.3, save_
     fig.suptitle(f"predictions (red, score >= {score_threshold}) vs ground truth (green)")
     fig.tight_layout()
     if save_to:
-        fig.savefig(Path(save_to), dpi=90)
+        fig.savefig(Path(save_to), dpi=72)
     return fig

@@ -13,7 +13,7 @@ def plot_training_curves(run_dir, save: bool = True):
     entries = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [e for e in entries if e["kind"] == "train"]
     evals = [e for e in entries if e["kind"] == "eval"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=72)
     a.plot([e["step"] for e in train], [e["loss"] for e in train], label="total")
     a.plot([e["step"] for e in train], [e["cls_loss"] for e in train], label="class (focal)")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.set_title("training loss"), a.legend()

@@ -202,7 +202,7 @@ def test_label_subset():
 
 def test_world_spec_and_paths(tmp_path, monkeypatch):
     mini = W.world_spec()
-    assert (mini.image_size, mini.num_train, mini.num_val, mini.num_pool_scenes) == (128, 2400, 500, 8000)
+    assert (mini.image_size, mini.num_train, mini.num_val, mini.num_pool_scenes) == (128, 1200, 500, 8000)
     assert (mini.num_cls_categories, mini.num_cls_train_per_class, mini.num_cls_val_per_class) == (40, 150, 30)
     smoke = W.world_spec("smoke", seed=2, num_train=5, objects_per_scene=[1, 3])
     assert (smoke.seed, smoke.image_size, smoke.num_train, smoke.objects_per_scene) == (2, 64, 5, (1, 3))

@@ -42,7 +42,7 @@ def test_bad_entries_are_counted_and_reported(tmp_path):
         sys.exit(main(["train", {SMOKE!r}, "--direct", "--quiet", "--outputs", {str(tmp_path / 'out')!r},
                        "--set", "data.source=coco", "--set", "data.train_ann={ann}",
                        "--set", "data.train_images={images}", "--set", "data.val_ann={val / 'annotations/val.json'}",
-                       "--set", "data.val_images={val / 'val/images'}", "--set", "train.steps=2",
+                       "--set", "data.val_images={val / 'val/images'}", "--set", "train.steps=2", "--set", "train.warmup_steps=1",
                        "--set", "train.eval_every=2"]))
     """)
     proc = run_python(code)

@@ -59,7 +59,8 @@ SETS = ["train.steps=12", "train.checkpoint_every=4", "train.eval_every=6", "tra
 
 
 def _run_cli(out, kill_at=-1):
-    return run_python(KILLER.format(kill_at=kill_at, params=SMOKE, out=str(out), sets=SETS))
+    sets = [x for s in SETS for x in ("--set", s)]
+    return run_python(KILLER.format(kill_at=kill_at, params=SMOKE, out=str(out), sets=sets))
 
 
 def _runs(out):
