@@ -217,7 +217,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
                         f"non-finite loss at step {step} ({m}); the run stopped. "
                         f"Last good checkpoint: step {good} in {ckpts.dir / 'latest'}.")
                 m["lr"] = float(lr_fn(step - 1))
-                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.3g}")
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.3g}", refresh=False)
                 if is_main:
                     log.append({"kind": "train", "step": step, **m})
                     if writer is not None:

@@ -46,7 +46,7 @@ def train_step(state, batch, *, model, tx, anchors, params):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
 

@@ -111,3 +111,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     res = json.loads(line[7:])
     step = int(res["msg"].split("non-finite loss at step ")[1].split()[0])
     assert 0 < res["ckpt"] < step and f"step {res['ckpt']}" in res["msg"]
+
+
+def test_bfloat16_compute_trains():
+    code = LOSSES.replace('["train.batch_size=4"]', '["train.batch_size=4", "model.dtype=bfloat16"]')
+    _, losses = _result(run_python(code))
+    assert all(l == l and l < 100 for l in losses)  # finite
