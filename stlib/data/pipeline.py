@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+CACHE_BYTES = 4 * 2 ** 30  # decoded-image cache limit for cache_images=None
+
 
 def resize_long_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Resizes uint8 [H,W,3] so max(H,W) == size (bilinear); returns (image, scale)."""
@@ -36,22 +38,25 @@ class DetectionData:
       source: a `stlib.data.coco.DetectionSource` (folder, embedded world, or tfds).
       image_size: square output size S.
       max_boxes: boxes per example after padding (extra boxes are dropped and counted).
-      cache_images: decode every image once and keep it in memory (small datasets).
+      cache_images: decode every image once and keep it in memory; None (default) decides by size:
+        cached when the decoded canvases fit in `CACHE_BYTES` (the mini world does, COCO does not).
       workers: decoding threads.
       with_masks: add the semantic `mask` (255 = ignore) where the source has mask files; the
         segmentation track needs it, detection training does not pay for it.
     """
 
-    def __init__(self, source, image_size: int, max_boxes: int, cache_images: bool = True, workers: int = 4,
+    def __init__(self, source, image_size: int, max_boxes: int, cache_images: bool | None = None, workers: int = 4,
                  with_masks: bool = False):
         self.source = source
         self.with_masks = with_masks
         self.image_size = image_size
         self.max_boxes = max_boxes
-        self.stats = {"images_corrupt": 0, "boxes_truncated": 0}
+        self.stats = {"boxes_truncated": 0}  # corrupt images are counted by the source
         self._cache: dict[int, np.ndarray] = {}
         self._perm_cache: dict[tuple, np.ndarray] = {}
         indices = list(range(len(source.records)))
+        if cache_images is None:
+            cache_images = len(indices) * image_size * image_size * 3 <= CACHE_BYTES
         if cache_images:
             with ThreadPoolExecutor(workers) as pool:
                 decoded = list(pool.map(self._decode_or_none, indices))
@@ -61,15 +66,14 @@ class DetectionData:
             indices = [i for i in indices if i in self._cache]
         self.indices = np.asarray(indices, np.int64)
         if len(self.indices) == 0:
-            raise ValueError(f"{source.name}: no usable images ({self.stats['images_corrupt']} corrupt)")
+            raise ValueError(f"{source.name}: no usable images ({source.stats.get('images_corrupt', 0)} corrupt)")
 
     def __len__(self):
         return len(self.indices)
 
     def _decode_or_none(self, i: int):
-        img = self.source.load_image_or_none(i)
+        img = self.source.load_image_or_none(i)  # counts a corrupt image in source.stats
         if img is None:
-            self.stats["images_corrupt"] += 1
             return None
         return resize_long_side(img, self.image_size)[0]
 
@@ -119,7 +123,7 @@ class DetectionData:
         """The batch for `step` (this process's slice), a pure function of (seed, step).
 
         A corrupt image (found only when images are decoded lazily) is replaced by the next
-        example in the order and counted in `stats["images_corrupt"]`.
+        example in the order and counted in the source's `stats["images_corrupt"]`.
         """
         per_host = batch_size // process_count
         n = len(self.indices)

@@ -62,3 +62,19 @@ def test_fatal_problems_are_errors_naming_them(tmp_path, problem, match):
     ann, images = make_folder(tmp_path, **{problem: True})
     with pytest.raises(DataError, match=match):
         CocoSource(ann, images)
+
+
+def test_lazy_decoding_skips_and_counts_a_corrupt_image(tmp_path):
+    """Large datasets are decoded per batch: a corrupt file is replaced by the next example and counted."""
+    from stlib.data.coco import CocoSource
+    from stlib.data.pipeline import DetectionData
+    ann, images = make_folder(tmp_path)
+    src = CocoSource(ann, images)
+    data = DetectionData(src, 64, max_boxes=8, cache_images=False)
+    n = len(src.records)
+    batches = [data.train_batch(s, 4, seed=0) for s in range(n // 4)]
+    assert all(b["image"].shape == (4, 64, 64, 3) for b in batches)
+    assert src.stats["images_corrupt"] >= 1
+    seen = {int(i) for b in batches for i in b["image_id"]}
+    corrupt_id = src.records[-2].image_id  # make_folder corrupts the second-to-last image
+    assert corrupt_id not in seen
