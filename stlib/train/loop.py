@@ -74,10 +74,15 @@ class MetricsLog:
         return [e for e in self.entries if e["kind"] == "eval"]
 
 
+def _ap(entry: dict) -> float:
+    """An eval line's AP for ranking; NaN (logged as null) ranks below every real AP."""
+    return entry["AP"] if entry["AP"] is not None else -1.0
+
+
 def early_stop_due(evals: list[dict], patience: int) -> bool:
     if patience <= 0 or not evals:
         return False
-    best_i = max(range(len(evals)), key=lambda i: (evals[i]["AP"] if evals[i]["AP"] is not None else -1.0))
+    best_i = max(range(len(evals)), key=lambda i: _ap(evals[i]))
     return len(evals) - 1 - best_i >= patience
 
 
@@ -163,6 +168,17 @@ def _tensorboard_writer(run_dir: Path):
     return tf.summary.create_file_writer(str(run_dir / "tensorboard"))
 
 
+def _write_scalars(writer, prefix: str, step: int, values: dict) -> None:
+    """TensorBoard scalars (NaN values, e.g. APl with no large objects, are left out)."""
+    if writer is None:
+        return
+    import tensorflow as tf
+    with writer.as_default(step=step):
+        for k, v in values.items():
+            if v == v:
+                tf.summary.scalar(f"{prefix}/{k}", v)
+
+
 def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, experiment: Experiment = None) -> dict:
     """Trains the detector described by `params`, recording into `run_dir`; returns final metrics.
 
@@ -183,7 +199,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
     log.truncate_after(start)
     ckpts.drop_best_after(start)
     evals = log.evals()
-    best_ap = max([e["AP"] for e in evals if e["AP"] is not None], default=-1.0)
+    best_ap = max((_ap(e) for e in evals), default=-1.0)
     writer = _tensorboard_writer(run_dir) if (tp.tensorboard and is_main) else None
     lr_fn = learning_rate_schedule(tp)
     if start:
@@ -220,11 +236,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.3g}", refresh=False)
                 if is_main:
                     log.append({"kind": "train", "step": step, **m})
-                    if writer is not None:
-                        with writer.as_default(step=step):
-                            import tensorflow as tf
-                            for k, v in m.items():
-                                tf.summary.scalar(f"train/{k}", v)
+                    _write_scalars(writer, "train", step, m)
             if is_eval:
                 ev = exp.evaluate(state)
                 improved = ev["AP"] > best_ap
@@ -233,12 +245,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
                     ckpts.save_best(step, state)
                 if is_main:
                     log.append({"kind": "eval", "step": step, **ev})
-                    if writer is not None:
-                        with writer.as_default(step=step):
-                            import tensorflow as tf
-                            for k, v in ev.items():
-                                if v == v:
-                                    tf.summary.scalar(f"val/{k}", v)
+                    _write_scalars(writer, "val", step, ev)
                 bar.write(f"step {step}: val AP {ev['AP']:.4f} AP50 {ev['AP50']:.4f}" + (" (best)" if improved else ""))
             if is_ckpt:
                 ckpts.save(step, state)
@@ -255,7 +262,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         log.append({"kind": "session", "step": step, "steps": trained, "seconds": round(elapsed, 1)})
     sessions = [e for e in log.entries if e["kind"] == "session"]
     evals = log.evals()
-    best = max(evals, key=lambda e: e["AP"] if e["AP"] is not None else -1.0) if evals else None
+    best = max(evals, key=_ap) if evals else None
     result = {
         "run_id": run_dir.name, "status": "complete",
         **({k: best[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} if best else {}),

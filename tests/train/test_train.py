@@ -117,3 +117,18 @@ def test_bfloat16_compute_trains():
     code = LOSSES.replace('["train.batch_size=4"]', '["train.batch_size=4", "model.dtype=bfloat16"]')
     _, losses = _result(run_python(code))
     assert all(l == l and l < 100 for l in losses)  # finite
+
+
+def test_tensorboard_events_hold_train_and_val_scalars(tmp_path):
+    code = textwrap.dedent(f"""
+        import glob, json, sys
+        import tensorflow as tf
+        from stlib.cli import main
+        main(["train", {SMOKE!r}, "--direct", "--quiet", "--outputs", {str(tmp_path)!r},
+              "--set", "train.tensorboard=true"])
+        (f,) = glob.glob({str(tmp_path)!r} + "/runs/*/tensorboard/events.*")
+        tags = sorted({{v.tag for e in tf.compat.v1.train.summary_iterator(f) for v in e.summary.value}})
+        print("RESULT", json.dumps(tags))
+    """)
+    tags = _result(run_python(code))
+    assert {"train/loss", "train/lr", "val/AP", "val/AP50"} <= set(tags)
