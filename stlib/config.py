@@ -59,10 +59,25 @@ class DataParams:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentParams:
-    policy: str = "s1"                  # Table 1: s1 (FlipCrop); s2..s4 come with the augmentation issue
-    hflip: bool = True                  # Table 1: horizontal flip
-    scale_min: float = 0.8              # Table 1: Augment-S1 scale jitter (0.8, 1.2)
-    scale_max: float = 1.2
+    # Sec. 3.1 / Table 1: s1 FlipCrop | s2 AutoAugment + FlipCrop | s3 AutoAugment + large
+    # scale jitter + flip + crop | s4 RandAugment + large scale jitter + flip + crop.
+    policy: str = "s1"
+    hflip: bool = True                  # Sec. 3.1: horizontal flips
+    standard_jitter: tuple = (0.8, 1.2)  # Sec. 3.1: scale jitter of Augment-S1/S2
+    large_jitter: tuple = (0.5, 2.0)    # Sec. 3.1: large scale jitter of Augment-S3/S4
+    scale_range: Optional[tuple] = None  # overrides the policy's jitter range when set
+    autoaugment_policy: str = "v0"      # REFERENCE §1.1: v0 is the AutoAugment-detection paper's policy
+    randaugment_layers: int = 2         # our choice: Sec. 3.1 does not state N; 2 is RandAugment's default
+    randaugment_magnitude: float = 10.0  # Sec. 3.1: "a magnitude of 10 for all models"
+    # Multiplies the ops' pixel constants (translate 250 px, cutout 100 px, ...; REFERENCE
+    # §1.1), which were set for COCO images of ~640 px. 1.0 at paper scale.
+    pixel_scale: float = 1.0
+
+    def jitter(self) -> tuple:
+        """The (min, max) scale jitter this policy trains with."""
+        if self.scale_range is not None:
+            return tuple(self.scale_range)
+        return tuple(self.standard_jitter if self.policy in ("s1", "s2") else self.large_jitter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +256,17 @@ def validate(p: Params) -> None:
     need(0.0 < p.data.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {p.data.label_fraction}")
     # Backbone strides go to 32 (C5); coarser levels are ceil-sized, like their anchor grids.
     need(p.data.image_size % 32 == 0, f"data.image_size ({p.data.image_size}) must be a multiple of 32")
-    need(p.augment.policy in ("s1",), f"augment.policy {p.augment.policy!r} is not available yet (have: s1)")
-    need(0 < p.augment.scale_min <= p.augment.scale_max, "augment.scale_min must be > 0 and <= augment.scale_max")
+    a = p.augment
+    need(a.policy in ("s1", "s2", "s3", "s4"), f"augment.policy must be s1|s2|s3|s4, got {a.policy!r}")
+    for k in ("standard_jitter", "large_jitter", "scale_range"):
+        v = getattr(a, k)
+        need(v is None or (len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and 0 < v[0] <= v[1]),
+             f"augment.{k} must be [min, max] with 0 < min <= max, got {v!r}")
+    need(a.autoaugment_policy in ("v0", "v1", "v2", "v3", "test"),
+         f"augment.autoaugment_policy must be v0|v1|v2|v3|test, got {a.autoaugment_policy!r}")
+    need(a.randaugment_layers >= 1, f"augment.randaugment_layers must be >= 1, got {a.randaugment_layers}")
+    need(0 <= a.randaugment_magnitude <= 30, f"augment.randaugment_magnitude must be in [0, 30], got {a.randaugment_magnitude}")
+    need(a.pixel_scale > 0, f"augment.pixel_scale must be > 0, got {a.pixel_scale}")
     need(p.model.init == "rand", f"model.init {p.model.init!r} is not available yet (have: rand)")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
     need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")

@@ -1,28 +1,76 @@
-"""Augmentation policies by name (`augment.policy`), applied on device inside the input step."""
+"""Augment-S1..S4 by name (`augment.policy`), applied on the device inside the train step.
+
+Sec. 3.1 / Table 1:
+  s1  FlipCrop: horizontal flip + scale jitter (0.8, 1.2), then crop
+  s2  AutoAugment (detection policy v0) + FlipCrop
+  s3  AutoAugment + large scale jitter (0.5, 2.0) + flip + crop
+  s4  RandAugment (magnitude 10) + large scale jitter + flip + crop
+The AutoAugment/RandAugment part runs first, on the uint8 content (REFERENCE §3.1 order),
+then flip, normalization and the scale jitter/crop of `flip_crop`.
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 
+from stlib.augment.autoaugment import autoaugment
 from stlib.augment.flip_crop import augment_s1, normalize_image
+from stlib.augment.ops import AUTOAUGMENT_CONSTANTS, RANDAUGMENT_CONSTANTS
+from stlib.augment.randaugment import randaugment
 
-POLICIES = ("s1",)
+POLICIES = ("s1", "s2", "s3", "s4")
 
 
-def augment_batch(key, batch: dict, aug) -> dict:
-    """Applies the policy named by `aug.policy` to every example of `batch` (independent keys).
+def augment_example(key, example: dict, aug) -> dict:
+    """One example through the policy `aug.policy` (a `stlib.config.AugmentParams`).
 
     Args:
-      key: PRNG key.
-      batch: dict of [B, ...] arrays (see `stlib.augment.flip_crop`); image uint8.
-      aug: `stlib.config.AugmentParams`.
+      key: PRNG key; same key, same output.
+      example: `image` uint8 [S, S, 3], `image_hw` [2], `boxes` [M, 4] (pixels, yxyx),
+        `classes` [M], `valid` [M], optional `mask` [S, S] (255 = ignore); others pass through.
     Returns:
-      The batch with a normalized float32 image and transformed boxes/valid/mask.
+      Same keys and shapes; `image` normalized float32, boxes/valid/mask transformed.
     """
-    if aug.policy != "s1":
+    if aug.policy not in POLICIES:
         raise ValueError(f"augment.policy: unknown policy {aug.policy!r} (known: {', '.join(POLICIES)})")
+    k_policy, k_flipcrop = jax.random.split(key)
+    if aug.policy in ("s2", "s3"):
+        constants = dataclasses.replace(AUTOAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
+        example = autoaugment(k_policy, example, aug.autoaugment_policy, constants)
+    elif aug.policy == "s4":
+        constants = dataclasses.replace(RANDAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
+        example = randaugment(k_policy, example, aug.randaugment_layers, aug.randaugment_magnitude, constants)
+    lo, hi = aug.jitter()
+    return augment_s1(k_flipcrop, example, lo, hi, aug.hflip)
+
+
+def augment_s2(key, example, aug):
+    return augment_example(key, example, dataclasses.replace(aug, policy="s2"))
+
+
+def augment_s3(key, example, aug):
+    return augment_example(key, example, dataclasses.replace(aug, policy="s3"))
+
+
+def augment_s4(key, example, aug):
+    return augment_example(key, example, dataclasses.replace(aug, policy="s4"))
+
+
+def augment_batch(key, batch: dict, aug, mode: str = "map") -> dict:
+    """Applies `aug.policy` to every example of `batch` with independent keys.
+
+    mode "map" runs the examples one after another (`lax.map`), so the ops a policy did
+    not draw are skipped; "vmap" runs them side by side, which turns every conditional
+    into a select that computes all branches. benchmarks/augment.py measures both.
+    """
     keys = jax.random.split(key, batch["image"].shape[0])
-    fn = lambda k, ex: augment_s1(k, ex, aug.scale_min, aug.scale_max, aug.hflip)
-    return jax.vmap(fn)(keys, batch)
+    fn = lambda k, ex: augment_example(k, ex, aug)
+    if mode == "vmap" or aug.policy == "s1":
+        return jax.vmap(fn)(keys, batch)
+    if mode != "map":
+        raise ValueError(f"augment_batch: mode must be map|vmap, got {mode!r}")
+    return jax.lax.map(lambda args: fn(*args), (keys, batch))
 
 
 def prepare_eval_batch(batch: dict) -> dict:

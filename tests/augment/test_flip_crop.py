@@ -8,37 +8,7 @@ from stlib.augment import augment_batch
 from stlib.augment.flip_crop import IGNORE_LABEL, augment_s1, hflip, normalize_image
 from stlib.config import AugmentParams
 
-S = 64
-
-
-def make_example(rng, h=48, w=64, n=3):
-    """A canvas whose mask carries each box as a label (k+1) so pixels can be checked against boxes."""
-    img = np.zeros((S, S, 3), np.uint8)
-    img[:h, :w] = rng.integers(0, 255, size=(h, w, 3))
-    boxes = np.zeros((4, 4), np.float32)
-    mask = np.full((S, S), IGNORE_LABEL, np.uint8)
-    mask[:h, :w] = 0
-    valid = np.zeros(4, bool)
-    for k in range(n):
-        y0, x0 = rng.integers(0, h - 12), rng.integers(0, w - 12)
-        y1, x1 = y0 + rng.integers(6, 12), x0 + rng.integers(6, 12)
-        boxes[k] = (y0, x0, y1, x1)
-        mask[y0:y1, x0:x1] = k + 1
-        valid[k] = True
-    return {"image": jnp.asarray(img), "image_hw": jnp.array([h, w], jnp.int32), "boxes": jnp.asarray(boxes),
-            "classes": jnp.arange(1, 5, dtype=jnp.int32), "valid": jnp.asarray(valid), "mask": jnp.asarray(mask)}
-
-
-def disjoint_example(seed):
-    rng = np.random.default_rng(seed)
-    while True:
-        ex = make_example(rng)
-        m = np.asarray(ex["mask"])
-        areas = [(m == k + 1).sum() for k in range(3)]
-        b = np.asarray(ex["boxes"])
-        full = [(b[k, 2] - b[k, 0]) * (b[k, 3] - b[k, 1]) for k in range(3)]
-        if areas == full:  # no box hides another
-            return ex
+from tests.augment.helpers import S, disjoint_example, make_example
 
 
 def test_flip_twice_is_identity():
@@ -66,7 +36,7 @@ def test_boxes_follow_pixels(seed):
 
 def test_mask_holds_only_valid_labels_or_ignore_and_image_is_finite():
     batch = jax.tree.map(lambda *x: jnp.stack(x), *[make_example(np.random.default_rng(i)) for i in range(4)])
-    out = augment_batch(jax.random.PRNGKey(0), batch, AugmentParams(scale_min=0.5, scale_max=2.0))
+    out = augment_batch(jax.random.PRNGKey(0), batch, AugmentParams(scale_range=(0.5, 2.0)))
     vals = set(np.unique(np.asarray(out["mask"])).tolist())
     assert vals <= {0, 1, 2, 3, IGNORE_LABEL}
     assert np.isfinite(np.asarray(out["image"])).all() and np.isfinite(np.asarray(out["boxes"])).all()
