@@ -41,3 +41,26 @@ def test_params_error_stops_before_work(tmp_path):
     assert proc.returncode == 2
     assert "unknown key 'train.stepz'" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
+    from tests.conftest import REPO
+    out_nb, figures = tmp_path / "augmentations.ipynb", tmp_path / "figures"
+    code = (f"import papermill as pm; pm.execute_notebook({str(REPO / 'notebooks/augmentations.ipynb')!r}, "
+            f"{str(out_nb)!r}, parameters={{'PARAMS_FILE': {SMOKE!r}, 'SAVE_DIR': {str(figures)!r}}}, "
+            f"cwd={str(REPO)!r}, progress_bar=False, kernel_name='python3')")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    nb = nbformat.read(out_nb, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) == 8  # 4 op groups + 4 policies
+    saved = sorted(p.name for p in figures.glob("*.png"))
+    assert saved == sorted(["ops-pixel.png", "ops-cutout.png", "ops-geometric.png", "ops-per-box.png",
+                            "policy-s1.png", "policy-s2.png", "policy-s3.png", "policy-s4.png"])
+    markdown = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
+    assert any("Policy v0" in o["data"]["text/markdown"] for o in markdown)  # the fidelity doc is shown
+    assert (out_nb.stat().st_size < 5_000_000)
