@@ -81,3 +81,34 @@ def test_compare_devices_runs_one_and_two():
     assert "== 1 host device ==" in out and "== 2 host devices ==" in out
     assert re.search(r"^speedup 2 vs 1 devices: [0-9.]+x", out, re.M)
     assert re.fullmatch(r"images/s: [0-9.]+", out.rstrip("\n").splitlines()[-1])
+
+
+def test_augment_benchmark_tiny_run_prints_every_field_and_writes_a_section(tmp_path):
+    """benchmarks/augment.py at a tiny size: its fields, table, goal line and RESULTS.md section."""
+    script = REPO / "benchmarks/augment.py"
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Train-step benchmark results\n\n| date | x |\n|---|---|\n| 2026 | 1 |\n")
+    argv = ["--sizes", "64", "--batch", "2", "--policies", "s1", "--steps", "1", "--warmup", "0",
+            "--devices", "2"]
+    proc = subprocess.run([sys.executable, str(script), *argv, "--write", "--results", str(results)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    f = _fields(out)
+    for k in ("benchmark", "sizes", "devices", "platform", "jax", "cpu", "timed runs", "train step mode",
+              "train step", "train step without augmentation", "share alone", "share in step", "headline", "images/s"):
+        assert k in f, f"missing {k!r} in:\n{out}"
+    assert f["devices"].startswith("2 x ") and f["sizes"].startswith("64 (batch 2")
+    assert f["headline"] == "s1 vmap at 64"
+    row = next(l for l in out.splitlines() if l.startswith("| s1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["s1", "vmap*", "64", "2"], cells
+    assert float(cells[5]) > 0 and float(cells[6]) > 0 and float(cells[7]) > 0, cells
+    assert cells[8].endswith("%") and cells[9].endswith("%") and cells[10] in ("yes", "no"), cells
+    assert re.search(r"^goal s1: vmap \(in step, the train step's mode\) -?[0-9.]+% (meets|misses)$", out, re.M)
+    assert re.fullmatch(r"images/s: [0-9.]+", out.rstrip("\n").splitlines()[-1])
+
+    text = results.read_text()
+    assert text.startswith("# Train-step benchmark results\n\n| date | x |")  # the train-step table is kept
+    assert text.count("## Augmentation benchmark") == 1 and text.count("\n### ") == 1
+    assert "`python benchmarks/augment.py --sizes 64 --batch 2 --policies s1" in text and "| s1 | vmap* | 64 |" in text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+from jax.sharding import PartitionSpec
 
 from stlib.augment.autoaugment import autoaugment
 from stlib.augment.flip_crop import augment_s1, normalize_image
@@ -57,20 +58,43 @@ def augment_s4(key, example, aug):
     return augment_example(key, example, dataclasses.replace(aug, policy="s4"))
 
 
-def augment_batch(key, batch: dict, aug, mode: str = "map") -> dict:
-    """Applies `aug.policy` to every example of `batch` with independent keys.
+def batch_mode(mode: str = "auto", image_size: int = 0) -> str:
+    """"auto" picks the faster of "map" and "vmap" as benchmarks/augment.py measured them.
 
-    mode "map" runs the examples one after another (`lax.map`), so the ops a policy did
-    not draw are skipped; "vmap" runs them side by side, which turns every conditional
-    into a select that computes all branches. benchmarks/augment.py measures both.
+    "map" runs the examples one after another (`lax.map`), so the ops a policy did not
+    draw are skipped; "vmap" runs them side by side, which turns every conditional into a
+    select that computes all branches. Measured (benchmarks/RESULTS.md, Augment-S2..S4):
+    on 2 CPU cores map is 6-16x faster at 128 px and 6-9x at 640; on an H200 vmap is ~4x
+    faster at 128 px and map ~1.7x faster at 640. So: map on CPU, and on accelerators
+    vmap up to 256 px, map above (no TPU measurement yet).
+    """
+    if mode == "auto":
+        if jax.default_backend() == "cpu":
+            return "map"
+        return "vmap" if image_size <= 256 else "map"
+    if mode not in ("map", "vmap"):
+        raise ValueError(f"augment_batch: mode must be auto|map|vmap, got {mode!r}")
+    return mode
+
+
+def augment_batch(key, batch: dict, aug, mode: str = "auto", mesh=None) -> dict:
+    """Applies `aug.policy` to every example of `batch` with independent keys (see `batch_mode`).
+
+    Example i always gets key i of `split(key, B)`, so the output does not depend on the
+    devices. With a `mesh`, "map" runs per device on its own slice of the batch (`shard_map`
+    over the `data` axis): a bare `lax.map` cannot be split along the batch, so XLA would
+    gather the whole batch onto every device and lose data parallelism for the rest of the
+    step (the mini step went from 192 to 340 ms on 2 CPU devices; benchmarks/RESULTS.md).
     """
     keys = jax.random.split(key, batch["image"].shape[0])
     fn = lambda k, ex: augment_example(k, ex, aug)
-    if mode == "vmap" or aug.policy == "s1":
+    if batch_mode(mode, batch["image"].shape[1]) == "vmap" or aug.policy == "s1":
         return jax.vmap(fn)(keys, batch)
-    if mode != "map":
-        raise ValueError(f"augment_batch: mode must be map|vmap, got {mode!r}")
-    return jax.lax.map(lambda args: fn(*args), (keys, batch))
+    run = lambda ks, b: jax.lax.map(lambda args: fn(*args), (ks, b))
+    if mesh is None or mesh.devices.size == 1:
+        return run(keys, batch)
+    spec = PartitionSpec("data")
+    return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec), out_specs=spec)(keys, batch)
 
 
 def prepare_eval_batch(batch: dict) -> dict:

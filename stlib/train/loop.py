@@ -105,7 +105,7 @@ class Detector:
         self.post_cfg = PostprocessConfig(pp.pre_nms_top_k, pp.score_threshold, pp.nms_iou_threshold,
                                           pp.max_detections, pp.method, pp.soft_nms_sigma)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p),
+            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p, mesh=mesh),
             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
         self.predict_step = jax.jit(
             functools.partial(predict_step, model=self.model, anchors=self.anchors, post_cfg=self.post_cfg,

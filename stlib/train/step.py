@@ -23,10 +23,10 @@ def compute_targets(batch, anchors, loss_params):
     return jax.vmap(fn)(batch["boxes"], batch["classes"], batch["valid"])
 
 
-def train_step(state, batch, *, model, tx, anchors, params):
-    """One SGD step on a global batch. Returns (new_state, metrics)."""
+def train_step(state, batch, *, model, tx, anchors, params, mesh=None):
+    """One SGD step on a global batch (sharded on `mesh`'s `data` axis). Returns (new_state, metrics)."""
     rng = jax.random.fold_in(state.rng, state.step)
-    batch = augment_batch(rng, batch, params.augment)
+    batch = augment_batch(rng, batch, params.augment, mesh=mesh)
     targets = compute_targets(batch, anchors, params.loss)
     num_classes = model.num_classes
     weight = batch["example_valid"].astype(jnp.float32)

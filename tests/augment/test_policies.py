@@ -126,3 +126,17 @@ def test_stronger_policies_change_more_pixels(batch):
     d2 = np.abs(np.asarray(s2["image"]) - np.asarray(s1["image"])).mean()
     d4 = np.abs(np.asarray(s4["image"]) - np.asarray(s1["image"])).mean()
     assert d2 > 0.05 and d4 > 0.05
+
+
+def test_sharded_map_equals_unsharded(batch):
+    """Under a 2-device mesh the per-device lax.map gives what one device gives (keys per example)."""
+    from stlib.train import sharding
+    mesh = sharding.create_mesh()
+    if mesh.devices.size < 2 or 8 % mesh.devices.size:
+        pytest.skip("needs 2, 4 or 8 devices (stlib makes one host device per core)")
+    aug = _aug(policy="s4")
+    sharded = jax.jit(lambda k, b: augment_batch(k, b, aug, "map", mesh=mesh))(
+        jax.random.PRNGKey(3), sharding.shard_batch(jax.device_get(batch), mesh))
+    plain = _run(batch, aug, 3)
+    np.testing.assert_allclose(np.asarray(sharded["image"]), np.asarray(plain["image"]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sharded["boxes"]), np.asarray(plain["boxes"]), atol=1e-4)
