@@ -59,3 +59,22 @@ def test_scientific_notation_without_dot_is_a_float():
     assert cfg.load_params(SMOKE, ["train.weight_decay=1e-4"]).train.weight_decay == 1e-4
     with pytest.raises(cfg.ParamsError, match="'train.base_lr' must be float"):
         cfg.load_params(SMOKE, ["train.base_lr=fast"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("augment.policy=s5", "augment.policy must be s1|s2|s3|s4"),
+    ("augment.scale_range=[2.0, 1.0]", "augment.scale_range must be"),
+    ("augment.large_jitter=[0.5]", "augment.large_jitter must be"),
+    ("augment.autoaugment_policy=v9", "augment.autoaugment_policy must be"),
+    ("augment.randaugment_layers=0", "augment.randaugment_layers must be"),
+    ("augment.pixel_scale=0", "augment.pixel_scale must be"),
+])
+def test_bad_augment_params_name_the_key(override, message):
+    with pytest.raises(cfg.ParamsError, match=message):
+        cfg.load_params(SMOKE, [override])
+
+
+def test_policy_picks_its_jitter_unless_overridden():
+    assert cfg.load_params(SMOKE, ["augment.policy=s4"]).augment.jitter() == (0.5, 2.0)
+    assert cfg.load_params(SMOKE, ["augment.policy=s2"]).augment.jitter() == (0.8, 1.2)
+    assert cfg.load_params(SMOKE, ["augment.policy=s4", "augment.scale_range=[1.0, 1.5]"]).augment.jitter() == (1.0, 1.5)
