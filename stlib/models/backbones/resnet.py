@@ -3,16 +3,32 @@
 Variants are `functools.partial`s (flax examples habit): `resnet50`/`resnet101` at
 paper scale, `resnet18`/`resnet34`, and the tiny variants the smoke and mini scales
 train on a 2-core CPU.
+
+Two layouts of the bottleneck ResNet-50 exist in the public checkpoints, and an imported
+checkpoint only reproduces its network in the layout it was trained in:
+- `resnet50` / `resnet101`: stride on the 3x3 conv ("v1.5"), no conv biases, symmetric
+  padding of strided convs (TPU `fixed_padding`, torchvision, SimCLR's conversions).
+- `resnet50_keras`: `keras.applications.ResNet50` ("v1"): stride on the first 1x1 conv,
+  conv biases, BatchNorm epsilon 1.001e-5.
+The small variants keep flax's SAME padding they were calibrated with.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from stlib.models.activations import activation_fn
+
 ModuleDef = Any
+
+
+def fixed_padding(kernel: int):
+    """TPU `fixed_padding` / torch `padding=k//2`: (k-1) split with the smaller half first."""
+    total = kernel - 1
+    return ((total // 2, total - total // 2),) * 2
 
 
 class BasicBlock(nn.Module):
@@ -39,55 +55,81 @@ class BottleneckBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
+    stride_in_1x1: bool = False          # keras.applications ResNet50 ("v1")
+    act: Callable = nn.relu
 
     @nn.compact
     def __call__(self, x):
         residual = x
-        y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
-        y = nn.relu(self.norm()(y))
-        y = self.conv(self.filters * 4, (1, 1))(y)
-        y = self.norm(scale_init=nn.initializers.zeros)(y)
+        s1, s3 = ((self.strides, 1) if self.stride_in_1x1 else (1, self.strides))
+        y = self.act(self.norm(name="bn1")(self.conv(self.filters, (1, 1), (s1, s1), name="conv1")(x)))
+        y = self.conv(self.filters, (3, 3), (s3, s3), name="conv2")(y)
+        y = self.act(self.norm(name="bn2")(y))
+        y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
+        y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
         if residual.shape != y.shape:
             residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
             residual = self.norm(name="proj_bn")(residual)
-        return nn.relu(residual + y)
+        return self.act(residual + y)
 
 
 class ResNet(nn.Module):
-    """ResNet; `__call__` returns {3: C3, 4: C4, 5: C5} (strides 8, 16, 32)."""
+    """ResNet; `__call__` returns {3: C3, 4: C4, 5: C5} (strides 8, 16, 32).
+
+    `padding`: "same" (flax/TF SAME everywhere) or "symmetric" (strided convs and the stem
+    pool padded (k-1)//2 before and the rest after, as TPU `fixed_padding` and torch do).
+    """
     stage_sizes: Sequence[int]
     block_cls: ModuleDef
     widths: Sequence[int] = (64, 128, 256, 512)
     stem_width: int = 64
     stem_kernel: int = 7
+    padding: str = "same"
+    stride_in_1x1: bool = False
+    conv_bias: bool = False
+    activation: str = "relu"
     bn_momentum: float = 0.997
     bn_epsilon: float = 1e-4
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+        if self.padding not in ("same", "symmetric"):
+            raise ValueError(f"ResNet padding {self.padding!r}: expected 'same' or 'symmetric'")
+        act = activation_fn(self.activation)
+        symmetric = self.padding == "symmetric"
+
+        def conv(features, kernel_size, strides=(1, 1), **kw):
+            pad = fixed_padding(kernel_size[0]) if symmetric and strides[0] > 1 else "SAME"
+            return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=self.conv_bias, dtype=self.dtype,
+                           kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), **kw)
+
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype)
         k = self.stem_kernel
         x = conv(self.stem_width, (k, k), (2, 2), name="stem_conv")(x)
-        x = nn.relu(norm(name="stem_bn")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = act(norm(name="stem_bn")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=fixed_padding(3) if symmetric else "SAME")
+        extra = {}
+        if self.block_cls is BottleneckBlock:
+            extra = dict(stride_in_1x1=self.stride_in_1x1, act=act)
         feats = {}
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = self.block_cls(w, conv=conv, norm=norm, strides=strides, name=f"stage{i + 1}_block{j + 1}")(x)
+                x = self.block_cls(w, conv=conv, norm=norm, strides=strides, name=f"stage{i + 1}_block{j + 1}",
+                                   **extra)(x)
             feats[i + 2] = x
         return {3: feats[3], 4: feats[4], 5: feats[5]}
 
 
 resnet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 resnet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
-resnet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock)
-resnet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock)
+resnet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, padding="symmetric")
+resnet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=BottleneckBlock, padding="symmetric")
+# keras.applications.ResNet50's layout, so its checkpoints reproduce their network exactly.
+resnet50_keras = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BottleneckBlock, padding="symmetric",
+                                   stride_in_1x1=True, conv_bias=True, bn_epsilon=1.001e-5)
 # Small variants for the smoke and mini scales (our choice; the paper has none).
 resnet_mini = functools.partial(ResNet, stage_sizes=(1, 1, 2, 1), block_cls=BasicBlock,
                                 widths=(32, 64, 128, 192), stem_width=32, stem_kernel=3)
