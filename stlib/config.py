@@ -82,9 +82,18 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    name: str = "retinanet"
-    backbone: str = "resnet50"          # registry name (stlib.models.registry)
-    init: str = "rand"                  # Table 1: Rand Init (others come with the initialization issue)
+    name: str = "retinanet"             # a label for the model family (the parts below pick the network)
+    backbone: str = "resnet50"          # registry name (stlib.models.registry; `stlib zoo` lists them)
+    neck: str = "fpn"                   # fpn | nasfpn | identity (SpineNet feeds its P3-P7 directly, REFERENCE §6.5)
+    head: str = "retinanet"             # retinanet | segmentation | classification
+    # Table 1: Rand Init, or an orbax checkpoint folder written by `stlib import-weights`
+    # (or a run's) whose backbone is loaded; named inits come with the initialization issue.
+    init: str = "rand"
+    activation: str = "relu"            # REFERENCE §4.3: relu; SpineNet configs use swish (§6.3)
+    nasfpn_repeats: int = 5             # REFERENCE §7.2: detection default 5; the PASCAL segmenters use 7
+    separable_conv: bool = False        # REFERENCE §7.2: False for detection, True for the PASCAL segmenters
+    segmentation_level: int = 2         # REFERENCE §7.3: logits at stride 4
+    classifier_dropout: Optional[float] = None  # None = the backbone's published value (EfficientNet §5.3), else 0
     fpn_channels: int = 256             # REFERENCE §4.3
     head_convs: int = 4                 # REFERENCE §4.3
     head_channels: int = 256            # REFERENCE §4.3
@@ -267,7 +276,21 @@ def validate(p: Params) -> None:
     need(a.randaugment_layers >= 1, f"augment.randaugment_layers must be >= 1, got {a.randaugment_layers}")
     need(0 <= a.randaugment_magnitude <= 30, f"augment.randaugment_magnitude must be in [0, 30], got {a.randaugment_magnitude}")
     need(a.pixel_scale > 0, f"augment.pixel_scale must be > 0, got {a.pixel_scale}")
-    need(p.model.init == "rand", f"model.init {p.model.init!r} is not available yet (have: rand)")
+    m = p.model
+    from stlib.models import registry  # the names live with the components
+    need(m.backbone in registry.BACKBONES,
+         f"model.backbone: unknown backbone {m.backbone!r} (known: {', '.join(registry.BACKBONES)})")
+    need(m.neck in registry.NECKS, f"model.neck must be {'|'.join(registry.NECKS)}, got {m.neck!r}")
+    need(m.head in registry.HEADS, f"model.head must be {'|'.join(registry.HEADS)}, got {m.head!r}")
+    need(m.activation in registry.ACTIVATIONS,
+         f"model.activation must be {'|'.join(registry.ACTIVATIONS)}, got {m.activation!r}")
+    need(m.nasfpn_repeats >= 1, f"model.nasfpn_repeats must be >= 1, got {m.nasfpn_repeats}")
+    need(m.head != "retinanet" or m.neck != "identity" or registry.is_spinenet(m.backbone),
+         f"model.neck identity needs a backbone that outputs P3-P7 (spinenet-*), got {m.backbone!r}")
+    need(m.classifier_dropout is None or 0.0 <= m.classifier_dropout < 1.0,
+         f"model.classifier_dropout must be in [0, 1), got {m.classifier_dropout}")
+    need(m.init == "rand" or Path(m.init).expanduser().exists(),
+         f"model.init {m.init!r}: not 'rand' and no such checkpoint folder (write one with `stlib import-weights`)")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
     need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")
     need(p.train.batch_size > 0 and p.train.steps > 0, "train.batch_size and train.steps must be positive")

@@ -9,10 +9,12 @@ is never positive and dropped at inference, so the two are equivalent).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from stlib.models.activations import activation_fn
 
 
 class RetinaNetHead(nn.Module):
@@ -25,6 +27,7 @@ class RetinaNetHead(nn.Module):
     bn_momentum: float = 0.997
     bn_epsilon: float = 1e-4
     prior_prob: float = 0.01             # REFERENCE §4.3
+    activation: str = "relu"             # REFERENCE §4.3: relu by default, swish in the SpineNet configs
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -44,23 +47,31 @@ class RetinaNetHead(nn.Module):
             return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                 epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
 
+        act = activation_fn(self.activation)
         cls_out, box_out = {}, {}
         for l in range(self.min_level, self.max_level + 1):
             x = feats[l]
             for i, c in enumerate(cls_convs):
-                x = nn.relu(norm(f"cls_bn_{i}_l{l}")(c(x)))
+                x = act(norm(f"cls_bn_{i}_l{l}")(c(x)))
             cls_out[l] = cls_pred(x).astype(jnp.float32)
             x = feats[l]
             for i, c in enumerate(box_convs):
-                x = nn.relu(norm(f"box_bn_{i}_l{l}")(c(x)))
+                x = act(norm(f"box_bn_{i}_l{l}")(c(x)))
             box_out[l] = box_pred(x).astype(jnp.float32)
         return cls_out, box_out
 
 
 class RetinaNet(nn.Module):
-    """Returns per-level raw outputs: ({level: [B,h,w,A*K]}, {level: [B,h,w,A*4]})."""
+    """Returns per-level raw outputs: ({level: [B,h,w,A*K]}, {level: [B,h,w,A*4]}).
+
+    `backbone` and `neck` are partials called with `name=` only (the registry binds their
+    settings); `neck=None` is the FPN of `fpn_channels`. The neck's variables live under
+    "fpn" whatever the neck is (the TPU's `multilevel_features` slot), so checkpoints of
+    FPN detectors keep their layout.
+    """
     backbone: Callable[..., nn.Module]
     num_classes: int
+    neck: Optional[Callable[..., nn.Module]] = None
     num_anchors: int = 9
     fpn_channels: int = 256
     head_convs: int = 4
@@ -69,13 +80,18 @@ class RetinaNet(nn.Module):
     max_level: int = 7
     bn_momentum: float = 0.997
     bn_epsilon: float = 1e-4
+    activation: str = "relu"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         from stlib.models.fpn import FPN
         bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
-        feats = self.backbone(**bn, name="backbone")(images.astype(self.dtype), train=train)
-        pyramid = FPN(self.fpn_channels, self.min_level, self.max_level, **bn, name="fpn")(feats, train=train)
+        feats = self.backbone(name="backbone")(images.astype(self.dtype), train=train)
+        if self.neck is None:
+            pyramid = FPN(self.fpn_channels, self.min_level, self.max_level, **bn, name="fpn")(feats, train=train)
+        else:
+            pyramid = self.neck(name="fpn")(feats, train=train)
         return RetinaNetHead(self.num_classes, self.num_anchors, self.head_convs, self.head_channels,
-                             self.min_level, self.max_level, **bn, name="head")(pyramid, train=train)
+                             self.min_level, self.max_level, **bn, activation=self.activation,
+                             name="head")(pyramid, train=train)

@@ -27,13 +27,15 @@ def train_step(state, batch, *, model, tx, anchors, params, mesh=None):
     """One SGD step on a global batch (sharded on `mesh`'s `data` axis). Returns (new_state, metrics)."""
     rng = jax.random.fold_in(state.rng, state.step)
     batch = augment_batch(rng, batch, params.augment, mesh=mesh)
+    dropout_rng = jax.random.fold_in(rng, 1)   # drop-connect / dropout of backbones that have them
     targets = compute_targets(batch, anchors, params.loss)
     num_classes = model.num_classes
     weight = batch["example_valid"].astype(jnp.float32)
 
     def loss_fn(p):
         (cls_out, box_out), new_vars = model.apply(
-            {"params": p, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"])
+            {"params": p, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"],
+            rngs={"dropout": dropout_rng})
         cls = flatten_level_outputs(cls_out, num_classes)
         box = flatten_level_outputs(box_out, 4)
         lp = params.loss

@@ -1,0 +1,88 @@
+"""Every registered part builds by name; necks and heads compose; bad names fail with the name."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from stlib import config as cfg
+from stlib.config import ModelParams
+from stlib.models import registry
+from stlib.models.registry import create_model
+from tests.conftest import SMOKE
+
+
+def _shapes(model, size=64):
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+@pytest.mark.parametrize("backbone", sorted(registry.BACKBONES))
+def test_every_backbone_builds_a_detector_abstractly(backbone):
+    neck = "identity" if registry.is_spinenet(backbone) else "fpn"
+    model = create_model(ModelParams(backbone=backbone, neck=neck, head_convs=1), 3)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.zeros((1, 128, 128, 3)),
+                                                        train=False)[0])
+    cls, box = out
+    assert sorted(cls) == [3, 4, 5, 6, 7]
+    assert cls[3].shape == (1, 16, 16, 27) and box[7].shape == (1, 1, 1, 36)
+
+
+@pytest.mark.parametrize("neck", ["fpn", "nasfpn"])
+@pytest.mark.parametrize("head", ["retinanet", "segmentation", "classification"])
+def test_necks_and_heads_compose(neck, head):
+    mp = ModelParams(backbone="resnet-tiny", neck=neck, head=head, fpn_channels=16, head_convs=1,
+                     head_channels=16, nasfpn_repeats=1)
+    model = create_model(mp, 5)
+    x = jnp.zeros((2, 64, 64, 3))
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False)[0])
+    if head == "retinanet":
+        assert out[0][3].shape == (2, 8, 8, 45)
+    elif head == "segmentation":
+        assert out.shape == (2, 16, 16, 5)          # REFERENCE §7.3: logits at stride 4
+    else:
+        assert out.shape == (2, 5)
+
+
+def test_train_mode_takes_the_dropout_rng_the_train_step_passes():
+    """Drop-connect needs the "dropout" rng in train mode (abstract; the families' own tests run them)."""
+    for mp in (ModelParams(backbone="efficientnet-tiny", head_convs=1, fpn_channels=16, head_channels=16),
+               ModelParams(backbone="spinenet-tiny", neck="identity", head_convs=1, head_channels=16,
+                           activation="swish"),
+               ModelParams(backbone="resnet-tiny", neck="nasfpn", nasfpn_repeats=2, fpn_channels=16,
+                           head_convs=1, head_channels=16, separable_conv=True)):
+        model = create_model(mp, 3)
+        x = jnp.zeros((2, 64, 64, 3))
+        variables = _shapes(model)
+        (cls, box), _ = jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                             rngs={"dropout": jax.random.PRNGKey(2)}), variables)
+        assert cls[3].shape == (2, 8, 8, 27) and box[7].shape == (2, 1, 1, 36), mp.backbone
+
+
+def test_efficientnet_keeps_its_own_batchnorm():
+    """REFERENCE §5.2: the TPU wrapper passes EfficientNet no BN overrides; ResNet/SpineNet take the model's."""
+    mp = ModelParams(backbone="efficientnet-b0", bn_momentum=0.9, bn_epsilon=0.5)
+    assert "bn_epsilon" not in registry.create_backbone(mp).keywords
+    mp = ModelParams(backbone="spinenet-49", bn_momentum=0.9, bn_epsilon=0.5, activation="swish")
+    kw = registry.create_backbone(mp).keywords
+    assert (kw["bn_momentum"], kw["bn_epsilon"], kw["activation"]) == (0.9, 0.5, "swish")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.backbone=resnet-9000", "unknown backbone 'resnet-9000'"),
+    ("model.neck=bifpn", "model.neck must be fpn|nasfpn|identity"),
+    ("model.head=mask", "model.head must be retinanet|segmentation|classification"),
+    ("model.activation=gelu", "model.activation must be relu|swish"),
+    ("model.neck=identity", "needs a backbone that outputs P3-P7"),
+    ("model.init=/no/such/folder", "no such checkpoint folder"),
+])
+def test_params_errors_name_the_key(override, message):
+    with pytest.raises(cfg.ParamsError, match=message):
+        cfg.load_params(SMOKE, [override])
+
+
+def test_segmenter_preset_is_rejected_by_the_detection_loop():
+    from stlib.train.loop import Detector
+    from stlib.train import sharding
+    p = cfg.load_params(SMOKE, ["model.head=segmentation"])
+    with pytest.raises(cfg.ParamsError, match="this loop trains detectors"):
+        Detector(p, 3, sharding.create_mesh())
