@@ -2,6 +2,8 @@
 
   stlib train params/mini/retinanet.yaml [--set data.label_fraction=0.2 ...] [--direct]
   stlib world --scale mini
+  stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
+  stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
 """
 from __future__ import annotations
 
@@ -43,6 +45,27 @@ def cmd_world(args) -> int:
     return 0
 
 
+def cmd_zoo(args) -> int:
+    from stlib.models import zoo
+    rows = zoo.zoo_table(args.only or None, size=args.size, progress=not args.json and not args.quiet)
+    print(json.dumps(rows, indent=2) if args.json else zoo.format_table(rows))
+    return 0
+
+
+def cmd_import_weights(args) -> int:
+    from stlib.models import weight_import as wi
+    try:
+        meta = wi.import_weights(args.backbone, args.source, args.out, fmt=args.fmt, input_convention=args.input,
+                                 num_classes=args.num_classes)
+    except wi.WeightImportError as e:
+        print(f"stlib import-weights: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {meta['backbone']} from {meta['format']} ({meta['num_params'] / 1e6:.2f}M params, "
+          f"input {meta['input_convention']}, classifier head: {'yes' if meta['has_head'] else 'no'})")
+    print(f"use it with: --set model.backbone={meta['backbone']} --set model.init={args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="stlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -57,6 +80,23 @@ def main(argv=None) -> int:
     w.add_argument("--scale", default="mini")
     w.add_argument("--seed", type=int, default=0)
     w.set_defaults(fn=cmd_world)
+    z = sub.add_parser("zoo", help="parameters and multiply-adds of every registered model vs the published figures")
+    z.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    z.add_argument("--size", type=int, default=None, help="input size for every model (default: each one's published)")
+    z.add_argument("--only", nargs="*", default=None, metavar="NAME", help="just these entries")
+    z.add_argument("--quiet", action="store_true", help="no progress bar")
+    z.set_defaults(fn=cmd_zoo)
+    iw = sub.add_parser("import-weights", help="convert a public ImageNet checkpoint into an orbax one for model.init")
+    iw.add_argument("backbone", help="stlib backbone name, e.g. efficientnet-b7, resnet50, resnet50-keras")
+    iw.add_argument("source", help=".h5 / .keras (Keras), .safetensors / .pth (timm, torchvision)")
+    iw.add_argument("out", help="a new folder for the orbax checkpoint")
+    iw.add_argument("--from", dest="fmt", choices=("keras", "timm", "torchvision"), default=None,
+                    help="source layout (default: from the file name)")
+    iw.add_argument("--input", choices=("imagenet", "caffe", "unit"), default=None,
+                    help="the input the checkpoint expects, folded into the stem (default: caffe for keras "
+                         "ResNet50, imagenet otherwise; SimCLR conversions want unit)")
+    iw.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: from the file)")
+    iw.set_defaults(fn=cmd_import_weights)
     args = ap.parse_args(argv)
     from stlib.config import ParamsError
     try:

@@ -96,6 +96,9 @@ class Detector:
     def __init__(self, params: cfg.Params, num_classes: int, mesh):
         p, mp, pp = params, params.model, params.postprocess
         self.params, self.mesh = p, mesh
+        if mp.head != "retinanet":
+            raise cfg.ParamsError(f"model.head {mp.head!r}: this loop trains detectors (model.head retinanet); "
+                                  "segmenters and classifiers are built by the registry but trained elsewhere")
         self.model = create_model(mp, num_classes=num_classes)
         anchor_cfg = AnchorConfig(mp.min_level, mp.max_level, mp.num_scales, tuple(mp.aspect_ratios), mp.anchor_size)
         size = p.data.image_size
@@ -113,8 +116,15 @@ class Detector:
             in_shardings=(rep, bat), out_shardings=rep)
 
     def init_state(self):
-        return create_train_state(self.model, self.tx, self.params.data.image_size,
-                                  jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
+        """Fresh state (Rand Init), with the backbone from `model.init`'s checkpoint when it names one."""
+        state = create_train_state(self.model, self.tx, self.params.data.image_size,
+                                   jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
+        mp = self.params.model
+        if mp.init != "rand":
+            from stlib.models.weight_import import init_backbone
+            params, batch_stats, _ = init_backbone(state.params, state.batch_stats, mp.init, mp.backbone)
+            state = state.replace(params=params, batch_stats=batch_stats)
+        return state
 
 
 class Experiment:
