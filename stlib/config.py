@@ -33,6 +33,15 @@ class ParamsError(ValueError):
 # ----------------------------------------------------------------------------
 
 
+def _added(default):
+    """A field added after runs were recorded, whose default is what those runs did.
+
+    The run id leaves it out while it holds that default, so adding a field does not
+    re-address (and so re-run) every run made before it; any other value is hashed.
+    """
+    return dataclasses.field(default=default, metadata={"hash_omit_default": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     # "world": the embedded generated world; "coco": a COCO-format folder;
@@ -84,16 +93,16 @@ class AugmentParams:
 class ModelParams:
     name: str = "retinanet"             # a label for the model family (the parts below pick the network)
     backbone: str = "resnet50"          # registry name (stlib.models.registry; `stlib zoo` lists them)
-    neck: str = "fpn"                   # fpn | nasfpn | identity (SpineNet feeds its P3-P7 directly, REFERENCE §6.5)
-    head: str = "retinanet"             # retinanet | segmentation | classification
+    neck: str = _added("fpn")           # fpn | nasfpn | identity (SpineNet feeds its P3-P7 directly, REFERENCE §6.5)
+    head: str = _added("retinanet")     # retinanet | segmentation | classification
     # Table 1: Rand Init, or an orbax checkpoint folder written by `stlib import-weights`
     # (or a run's) whose backbone is loaded; named inits come with the initialization issue.
     init: str = "rand"
-    activation: str = "relu"            # REFERENCE §4.3: relu; SpineNet configs use swish (§6.3)
-    nasfpn_repeats: int = 5             # REFERENCE §7.2: detection default 5; the PASCAL segmenters use 7
-    separable_conv: bool = False        # REFERENCE §7.2: False for detection, True for the PASCAL segmenters
-    segmentation_level: int = 2         # REFERENCE §7.3: logits at stride 4
-    classifier_dropout: Optional[float] = None  # None = the backbone's published value (EfficientNet §5.3), else 0
+    activation: str = _added("relu")    # REFERENCE §4.3: relu; SpineNet configs use swish (§6.3)
+    nasfpn_repeats: int = _added(5)     # REFERENCE §7.2: detection default 5; the PASCAL segmenters use 7
+    separable_conv: bool = _added(False)  # REFERENCE §7.2: False for detection, True for the PASCAL segmenters
+    segmentation_level: int = _added(2)   # REFERENCE §7.3: logits at stride 4
+    classifier_dropout: Optional[float] = _added(None)  # None = the backbone's published value (EfficientNet §5.3), else 0
     fpn_channels: int = 256             # REFERENCE §4.3
     head_convs: int = 4                 # REFERENCE §4.3
     head_channels: int = 256            # REFERENCE §4.3
@@ -302,16 +311,17 @@ def validate(p: Params) -> None:
             need(getattr(p.data, k), f"data.{k} is required when data.source is coco")
 
 
-def to_dict(p: Any) -> dict:
-    d = dataclasses.asdict(p)
+def to_dict_plain(x: Any) -> Any:
+    """Tuples to lists, recursively (what YAML writes and reads back)."""
+    if isinstance(x, dict):
+        return {k: to_dict_plain(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [to_dict_plain(v) for v in x]
+    return x
 
-    def fix(x):
-        if isinstance(x, dict):
-            return {k: fix(v) for k, v in x.items()}
-        if isinstance(x, tuple):
-            return [fix(v) for v in x]
-        return x
-    return fix(d)
+
+def to_dict(p: Any) -> dict:
+    return to_dict_plain(dataclasses.asdict(p))
 
 
 def dump_params(p: Params) -> str:
@@ -319,8 +329,22 @@ def dump_params(p: Params) -> str:
     return yaml.safe_dump(to_dict(p), sort_keys=True, default_flow_style=None)
 
 
+def _hashed_dict(obj: Any) -> dict:
+    """`to_dict` without the `_added` fields that hold their default (see `_added`)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = _hashed_dict(v)
+        elif not (f.metadata.get("hash_omit_default") and v == f.default):
+            out[f.name] = v
+    return out
+
+
 def params_hash(p: Params) -> str:
-    return hashlib.sha256(dump_params(p).encode()).hexdigest()[:10]
+    """Hash of the resolved params (the YAML text `dump_params` writes, less defaulted `_added` fields)."""
+    text = yaml.safe_dump(to_dict_plain(_hashed_dict(p)), sort_keys=True, default_flow_style=None)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def run_id(p: Params) -> str:

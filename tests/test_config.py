@@ -1,6 +1,7 @@
 import pytest
 
 from stlib import config as cfg
+from tests.conftest import REPO
 
 SMOKE = "params/smoke/retinanet.yaml"
 
@@ -78,3 +79,19 @@ def test_policy_picks_its_jitter_unless_overridden():
     assert cfg.load_params(SMOKE, ["augment.policy=s4"]).augment.jitter() == (0.5, 2.0)
     assert cfg.load_params(SMOKE, ["augment.policy=s2"]).augment.jitter() == (0.8, 1.2)
     assert cfg.load_params(SMOKE, ["augment.policy=s4", "augment.scale_range=[1.0, 1.5]"]).augment.jitter() == (1.0, 1.5)
+
+
+def test_recorded_runs_keep_their_address():
+    """Each recorded run's params.yaml resolves to its folder's run id, also after fields were
+    added to the schema (`_added` fields at their default stay out of the hash)."""
+    runs = sorted((REPO / "outputs/runs").glob("*/params.yaml"))
+    assert runs, "no recorded runs in outputs/runs"
+    for path in runs:
+        assert cfg.run_id(cfg.load_params(path)) == path.parent.name, path
+
+
+def test_added_fields_change_the_address_when_set():
+    base = cfg.load_params(SMOKE)
+    assert cfg.run_id(cfg.load_params(SMOKE, ["model.neck=fpn"])) == cfg.run_id(base)
+    assert cfg.run_id(cfg.load_params(SMOKE, ["model.neck=nasfpn"])) != cfg.run_id(base)
+    assert cfg.run_id(cfg.load_params(SMOKE, ["model.activation=swish"])) != cfg.run_id(base)
