@@ -115,8 +115,8 @@ def _conv(x, features: int, k: int, stride: int, dtype, name: str):
                    dtype=dtype, name=name)(x)
 
 
-class BottleneckBlock(nn.Module):
-    """1x1(f) BN act -> 3x3(f) BN act -> 1x1(4f) BN -> drop-connect -> + shortcut -> act."""
+class _Block(nn.Module):
+    """Fields and parts shared by SpineNet's two block kinds (REFERENCE §6.3)."""
     filters: int
     strides: int = 1
     use_projection: bool = False
@@ -125,16 +125,27 @@ class BottleneckBlock(nn.Module):
     bn_momentum: float = 0.997
     bn_epsilon: float = 1e-4
     dtype: Any = jnp.float32
+    expansion: int = 1
 
-    @nn.compact
-    def __call__(self, x, train: bool):
+    def _parts(self, x, train: bool):
+        """(act, norm, shortcut): the projection shortcut is 1x1 conv + BN to expansion * filters."""
         act = activation_fn(self.activation)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype)
         shortcut = x
         if self.use_projection:
-            shortcut = _conv(x, 4 * self.filters, 1, self.strides, self.dtype, "proj_conv")
+            shortcut = _conv(x, self.expansion * self.filters, 1, self.strides, self.dtype, "proj_conv")
             shortcut = norm(name="proj_bn")(shortcut)
+        return act, norm, shortcut
+
+
+class BottleneckBlock(_Block):
+    """1x1(f) BN act -> 3x3(f) BN act -> 1x1(4f) BN -> drop-connect -> + shortcut -> act."""
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        act, norm, shortcut = self._parts(x, train)
         y = act(norm(name="bn1")(_conv(x, self.filters, 1, 1, self.dtype, "conv1")))
         y = act(norm(name="bn2")(_conv(y, self.filters, 3, self.strides, self.dtype, "conv2")))
         y = norm(name="bn3")(_conv(y, 4 * self.filters, 1, 1, self.dtype, "conv3"))
@@ -142,26 +153,12 @@ class BottleneckBlock(nn.Module):
         return act(y + shortcut)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(_Block):
     """3x3(f) BN act -> 3x3(f) BN -> drop-connect -> + shortcut -> act."""
-    filters: int
-    strides: int = 1
-    use_projection: bool = False
-    drop_connect_rate: float | None = None
-    activation: str = "swish"
-    bn_momentum: float = 0.997
-    bn_epsilon: float = 1e-4
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        act = activation_fn(self.activation)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon, dtype=self.dtype)
-        shortcut = x
-        if self.use_projection:
-            shortcut = _conv(x, self.filters, 1, self.strides, self.dtype, "proj_conv")
-            shortcut = norm(name="proj_bn")(shortcut)
+        act, norm, shortcut = self._parts(x, train)
         y = act(norm(name="bn1")(_conv(x, self.filters, 3, self.strides, self.dtype, "conv1")))
         y = norm(name="bn2")(_conv(y, self.filters, 3, 1, self.dtype, "conv2"))
         y = _drop_connect(self, y, self.drop_connect_rate, train)

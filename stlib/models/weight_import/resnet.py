@@ -48,6 +48,26 @@ def _stages(arch: str, what: str):
     return STAGES[arch]
 
 
+def _walk(stages, conv, bn, stem: tuple, block_names) -> None:
+    """Calls conv/bn(source name, flax path) for every layer of a bottleneck ResNet.
+
+    `stem` = (conv name, bn name); `block_names(stage, block)` gives, for 0-based stage and
+    block, the source names [(conv1, bn1), (conv2, bn2), (conv3, bn3), (proj conv, proj bn)].
+    """
+    conv(stem[0], ("backbone", "stem_conv"))
+    bn(stem[1], ("backbone", "stem_bn"))
+    for s, n in enumerate(stages):
+        for b in range(n):
+            block = ("backbone", f"stage{s + 1}_block{b + 1}")
+            names = block_names(s, b)
+            for i, (c, n_bn) in enumerate(names[:3], start=1):
+                conv(c, block + (f"conv{i}",))
+                bn(n_bn, block + (f"bn{i}",))
+            if b == 0:
+                conv(names[3][0], block + ("proj_conv",))
+                bn(names[3][1], block + ("proj_bn",))
+
+
 def from_keras(weights: dict, arch: str = "resnet50-keras") -> dict:
     """keras.applications.ResNet50 weights ("layer/var" keys) -> `resnet50-keras` variables."""
     what = f"keras ResNet50 -> {arch}"
@@ -67,18 +87,11 @@ def from_keras(weights: dict, arch: str = "resnet50-keras") -> dict:
         _put(stats, path + ("mean",), src(f"{k}/moving_mean"))
         _put(stats, path + ("var",), src(f"{k}/moving_variance"))
 
-    conv("conv1_conv", ("backbone", "stem_conv"))
-    bn("conv1_bn", ("backbone", "stem_bn"))
-    for s, n in enumerate(_stages(arch, what)):
-        for b in range(n):
-            block = ("backbone", f"stage{s + 1}_block{b + 1}")
-            k = f"conv{s + 2}_block{b + 1}"
-            for i, name in ((1, "1"), (2, "2"), (3, "3")):
-                conv(f"{k}_{name}_conv", block + (f"conv{i}",))
-                bn(f"{k}_{name}_bn", block + (f"bn{i}",))
-            if b == 0:
-                conv(f"{k}_0_conv", block + ("proj_conv",))
-                bn(f"{k}_0_bn", block + ("proj_bn",))
+    def block_names(s, b):   # keras: conv{stage+2}_block{b+1}_{1,2,3,0 = shortcut}_{conv,bn}
+        k = f"conv{s + 2}_block{b + 1}"
+        return [(f"{k}_{i}_conv", f"{k}_{i}_bn") for i in (1, 2, 3, 0)]
+
+    _walk(_stages(arch, what), conv, bn, ("conv1_conv", "conv1_bn"), block_names)
     _put(params, ("head", "predictions", "kernel"), src("predictions/kernel"))
     _put(params, ("head", "predictions", "bias"), src("predictions/bias"))
     src.finish()
@@ -103,18 +116,11 @@ def from_torchvision(state_dict: dict, arch: str = "resnet50") -> dict:
         _put(stats, path + ("mean",), src(f"{k}.running_mean"))
         _put(stats, path + ("var",), src(f"{k}.running_var"))
 
-    conv("conv1", ("backbone", "stem_conv"))
-    bn("bn1", ("backbone", "stem_bn"))
-    for s, n in enumerate(_stages(arch, what)):
-        for b in range(n):
-            block = ("backbone", f"stage{s + 1}_block{b + 1}")
-            k = f"layer{s + 1}.{b}"
-            for i in (1, 2, 3):
-                conv(f"{k}.conv{i}", block + (f"conv{i}",))
-                bn(f"{k}.bn{i}", block + (f"bn{i}",))
-            if b == 0:
-                conv(f"{k}.downsample.0", block + ("proj_conv",))
-                bn(f"{k}.downsample.1", block + ("proj_bn",))
+    def block_names(s, b):   # torchvision: layer{stage+1}.{b}.conv{i}/bn{i}, downsample.0/.1
+        k = f"layer{s + 1}.{b}"
+        return [(f"{k}.conv{i}", f"{k}.bn{i}") for i in (1, 2, 3)] + [(f"{k}.downsample.0", f"{k}.downsample.1")]
+
+    _walk(_stages(arch, what), conv, bn, ("conv1", "bn1"), block_names)
     if "fc.weight" in src.w:
         _put(params, ("head", "predictions", "kernel"), src("fc.weight").T)
         _put(params, ("head", "predictions", "bias"), src("fc.bias"))
