@@ -47,6 +47,19 @@ def test_cli_writes_a_checkpoint_and_its_description(imported):
     jax.tree.map(np.testing.assert_array_equal, variables, direct)
 
 
+@pytest.mark.parametrize("name", ["b0_full_model.h5", "b0.keras"])
+def test_whole_model_files_import_too(imported, tmp_path, name):
+    """A model saved whole (legacy HDF5 read by layer name, or the .keras zip) gives the same arrays."""
+    model, _, _ = imported
+    path = tmp_path / name
+    model.save(path)
+    meta = wi.import_weights("efficientnet-b0", path, tmp_path / "out")
+    variables, _ = wi.read_checkpoint(tmp_path / "out")
+    direct = wi.fold_input_convention(wi.convert(wi.keras_weights(model), "keras", "efficientnet-b0"),
+                                      meta["input_convention"])
+    jax.tree.map(np.testing.assert_array_equal, variables, direct)
+
+
 def test_keras2_style_h5_imports_by_layer_name(imported, tmp_path):
     """A Keras 2 HDF5 file (":0" names, depthwise_kernel, no Normalization layer, layers in
     another order, no FC) imports by name, as published Noisy Student conversions need."""
