@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                     help="source layout (default: from the file name)")
     iw.add_argument("--input", choices=("imagenet", "caffe", "unit"), default=None,
                     help="the input the checkpoint expects, folded into the stem (default: caffe for keras "
-                         "ResNet50, imagenet otherwise; SimCLR conversions want unit)")
+                         "ResNet50, what its Normalization layer says for a keras EfficientNet, imagenet "
+                         "otherwise; SimCLR conversions want unit)")
     iw.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: from the file)")
     iw.set_defaults(fn=cmd_import_weights)
     args = ap.parse_args(argv)
