@@ -1,6 +1,7 @@
 """`stlib` command line: run notebooks from params files, generate the embedded world.
 
   stlib train params/mini/retinanet.yaml [--set data.label_fraction=0.2 ...] [--direct]
+  stlib pretrain params/mini/pretrain.yaml [--set ...] [--direct]
   stlib world --scale mini
   stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
   stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
@@ -36,6 +37,24 @@ def cmd_train(args) -> int:
         run_dir = runs.execute_notebook("train.ipynb", params, outputs=args.outputs, progress=not args.quiet)
         result = json.loads((run_dir / "metrics.json").read_text())
     _print_result(run_dir, result)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from stlib import config as cfg
+    from stlib.experiments import runs
+    params = cfg.load_params(args.params, args.set)
+    if args.direct:
+        from stlib.train.pretrain import pretrain_and_evaluate
+        run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
+        result = pretrain_and_evaluate(params, run_dir, progress=not args.quiet)
+    else:
+        run_dir = runs.execute_notebook("pretrain.ipynb", params, outputs=args.outputs, progress=not args.quiet)
+        result = json.loads((run_dir / "metrics.json").read_text())
+    print(f"run: {run_dir}")
+    print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f} (held-out), best step {result['best_step']}, "
+          f"last step {result['last_step']}, devices: {result['devices']}")
+    print(f"use it with: --set model.backbone={params.model.backbone} --set model.init={run_dir}")
     return 0
 
 
@@ -76,6 +95,13 @@ def main(argv=None) -> int:
     t.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
+    pt = sub.add_parser("pretrain", help="pre-train a backbone on the classification set (runs notebooks/pretrain.ipynb)")
+    pt.add_argument("params", help="a params YAML file, e.g. params/mini/pretrain.yaml")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
+    pt.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
+    pt.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.set_defaults(fn=cmd_pretrain)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")
     w.add_argument("--scale", default="mini")
     w.add_argument("--seed", type=int, default=0)

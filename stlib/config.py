@@ -157,6 +157,16 @@ class TrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainParams:
+    """Pre-training a backbone on the object-centric classification set (`model.head:
+    classification`), the ImageNet analogue of Table 1's ImageNet Init."""
+    method: str = "supervised"          # supervised (Noisy Student and SimCLR come next)
+    image_size: int = 224               # ImageNet's; the mini world's object images are 64 px
+    augment: str = "flip_crop"          # flip_crop (flip + scale jitter 0.8-1.2 + crop) | randaugment (+ RandAugment)
+    label_smoothing: float = 0.1        # our choice (EfficientNet's ImageNet recipe uses 0.1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     name: str = "retinanet"
     description: str = ""
@@ -166,6 +176,7 @@ class Params:
     loss: LossParams = LossParams()
     postprocess: PostprocessParams = PostprocessParams()
     train: TrainParams = TrainParams()
+    pretrain: PretrainParams = _added(PretrainParams())
 
 
 # ----------------------------------------------------------------------------
@@ -298,6 +309,13 @@ def validate(p: Params) -> None:
          f"model.neck identity needs a backbone that outputs P3-P7 (spinenet-*), got {m.backbone!r}")
     need(m.classifier_dropout is None or 0.0 <= m.classifier_dropout < 1.0,
          f"model.classifier_dropout must be in [0, 1), got {m.classifier_dropout}")
+    need(p.pretrain.method == "supervised",
+         f"pretrain.method must be supervised (noisy_student and simclr are not built yet), got {p.pretrain.method!r}")
+    need(p.pretrain.augment in ("flip_crop", "randaugment"),
+         f"pretrain.augment must be flip_crop|randaugment, got {p.pretrain.augment!r}")
+    need(0.0 <= p.pretrain.label_smoothing < 1.0,
+         f"pretrain.label_smoothing must be in [0, 1), got {p.pretrain.label_smoothing}")
+    need(p.pretrain.image_size % 32 == 0, f"pretrain.image_size ({p.pretrain.image_size}) must be a multiple of 32")
     need(m.init == "rand" or Path(m.init).expanduser().exists(),
          f"model.init {m.init!r}: not 'rand' and no such checkpoint folder (write one with `stlib import-weights`)")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
@@ -334,10 +352,9 @@ def _hashed_dict(obj: Any) -> dict:
     out = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            out[f.name] = _hashed_dict(v)
-        elif not (f.metadata.get("hash_omit_default") and v == f.default):
-            out[f.name] = v
+        if f.metadata.get("hash_omit_default") and v == f.default:
+            continue
+        out[f.name] = _hashed_dict(v) if dataclasses.is_dataclass(v) else v
     return out
 
 

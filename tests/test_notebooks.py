@@ -64,3 +64,43 @@ def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
                 if o.output_type == "display_data" and "text/markdown" in o.get("data", {})]
     assert any("Policy v0" in o["data"]["text/markdown"] for o in markdown)  # the fidelity doc is shown
     assert (out_nb.stat().st_size < 5_000_000)
+
+
+def test_pretrain_notebook_records_a_classifier_run_a_detector_can_start_from(tmp_path):
+    """`stlib pretrain` through papermill, then a detector's backbone from that run folder."""
+    from tests.conftest import REPO
+    pre = str(REPO / "params/smoke/pretrain.yaml")
+    code = (f"import sys; from stlib.cli import main; "
+            f"sys.exit(main(['pretrain', {pre!r}, '--quiet', '--outputs', {str(tmp_path)!r}]))")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert run.name.startswith("smoke-pretrain-") and "top-1" in proc.stdout
+    for f in ("params.yaml", "metrics.json", "metrics.jsonl", "pretrain.ipynb", "curves.png"):
+        assert (run / f).is_file(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["last_step"] == 6
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["best_step"] in (3, 6)
+    nb = nbformat.read(run / "pretrain.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+    # The smoke detector (resnet-tiny) takes that run's best backbone exactly; its heads stay Rand Init's.
+    import jax
+    import numpy as np
+    from stlib import config as cfg
+    from stlib.models import weight_import as wi
+    from stlib.train import sharding
+    from stlib.train.loop import Detector
+    variables, meta = wi.read_checkpoint(run)
+    assert meta["backbone"] == "resnet-tiny" and meta["step"] == metrics["best_step"]
+    mesh = sharding.create_mesh()
+    loaded = Detector(cfg.load_params(SMOKE, [f"model.init={run}"]), 3, mesh).init_state()
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.params["backbone"]),
+                 variables["params"]["backbone"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.batch_stats["backbone"]),
+                 variables["batch_stats"]["backbone"])
+    rand = Detector(cfg.load_params(SMOKE), 3, mesh).init_state()
+    jax.tree.map(np.testing.assert_array_equal, loaded.params["head"], rand.params["head"])
+    assert not np.array_equal(np.asarray(loaded.params["backbone"]["stem_conv"]["kernel"]),
+                              np.asarray(rand.params["backbone"]["stem_conv"]["kernel"]))

@@ -55,5 +55,6 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
 def summarize(result: dict):
     """A one-row table of a run's final metrics (pandas, for notebooks)."""
     import pandas as pd
-    keys = ["AP", "AP50", "AP75", "APs", "APm", "APl", "best_step", "last_step", "stopped_early", "devices"]
+    metrics = ["top1", "top5"] if "top1" in result else ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+    keys = metrics + ["best_step", "last_step", "stopped_early", "devices"]
     return pd.DataFrame([{k: result.get(k) for k in keys}], index=[result.get("run_id")])

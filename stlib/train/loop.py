@@ -74,15 +74,15 @@ class MetricsLog:
         return [e for e in self.entries if e["kind"] == "eval"]
 
 
-def _ap(entry: dict) -> float:
-    """An eval line's AP for ranking; NaN (logged as null) ranks below every real AP."""
-    return entry["AP"] if entry["AP"] is not None else -1.0
+def _score(entry: dict, metric: str = "AP") -> float:
+    """An eval line's validation metric for ranking; NaN (logged as null) ranks below every real value."""
+    return entry[metric] if entry.get(metric) is not None else -1.0
 
 
-def early_stop_due(evals: list[dict], patience: int) -> bool:
+def early_stop_due(evals: list[dict], patience: int, metric: str = "AP") -> bool:
     if patience <= 0 or not evals:
         return False
-    best_i = max(range(len(evals)), key=lambda i: _ap(evals[i]))
+    best_i = max(range(len(evals)), key=lambda i: _score(evals[i], metric))
     return len(evals) - 1 - best_i >= patience
 
 
@@ -128,7 +128,16 @@ class Detector:
 
 
 class Experiment:
-    """Everything a detection run needs, built from params (data, model, mesh, jitted steps)."""
+    """Everything a detection run needs, built from params (data, model, mesh, jitted steps).
+
+    `train_and_evaluate` drives any object with this shape: `params`, `mesh`, `train_data`
+    (`train_batch`, `__len__`), `val_data`, `train_source`/`val_source` (`stats`),
+    `train_step`, `init_state()`, `evaluate(state) -> dict`, the validation `metric` that
+    picks the best checkpoint and `metric_keys` reported with it (`stlib.train.pretrain`
+    has the classification twin).
+    """
+    metric = "AP"
+    metric_keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
     def __init__(self, params: cfg.Params, progress: bool = True):
         self.params = p = params
@@ -209,7 +218,8 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
     log.truncate_after(start)
     ckpts.drop_best_after(start)
     evals = log.evals()
-    best_ap = max((_ap(e) for e in evals), default=-1.0)
+    metric = exp.metric
+    best_score = max((_score(e, metric) for e in evals), default=-1.0)
     writer = _tensorboard_writer(run_dir) if (tp.tensorboard and is_main) else None
     lr_fn = learning_rate_schedule(tp)
     if start:
@@ -221,7 +231,7 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
                 exp.train_data.train_batch(s, tp.batch_size, tp.seed, jax.process_index(), jax.process_count()),
                 exp.mesh)
 
-    stopped_early = early_stop_due(evals, tp.early_stop_patience)
+    stopped_early = early_stop_due(evals, tp.early_stop_patience, metric)
     t0, step = time.time(), start
     trained = 0
     # Outside a terminal (papermill, logs) redraw every 30 s so the executed notebook stays small.
@@ -249,19 +259,20 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
                     _write_scalars(writer, "train", step, m)
             if is_eval:
                 ev = exp.evaluate(state)
-                improved = ev["AP"] > best_ap
+                improved = _score(ev, metric) > best_score
                 if improved:
-                    best_ap = ev["AP"]
+                    best_score = _score(ev, metric)
                     ckpts.save_best(step, state)
                 if is_main:
                     log.append({"kind": "eval", "step": step, **ev})
                     _write_scalars(writer, "val", step, ev)
-                bar.write(f"step {step}: val AP {ev['AP']:.4f} AP50 {ev['AP50']:.4f}" + (" (best)" if improved else ""))
+                shown = "  ".join(f"{k} {ev[k]:.4f}" for k in exp.metric_keys[:2] if ev.get(k) is not None)
+                bar.write(f"step {step}: val {shown}" + (" (best)" if improved else ""))
             if is_ckpt:
                 ckpts.save(step, state)
-            if is_eval and early_stop_due(log.evals(), tp.early_stop_patience):
+            if is_eval and early_stop_due(log.evals(), tp.early_stop_patience, metric):
                 stopped_early = True
-                bar.write(f"early stopping at step {step}: no AP gain in {tp.early_stop_patience} evaluations")
+                bar.write(f"early stopping at step {step}: no {metric} gain in {tp.early_stop_patience} evaluations")
                 break
     finally:
         bar.close()
@@ -272,10 +283,10 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         log.append({"kind": "session", "step": step, "steps": trained, "seconds": round(elapsed, 1)})
     sessions = [e for e in log.entries if e["kind"] == "session"]
     evals = log.evals()
-    best = max(evals, key=_ap) if evals else None
+    best = max(evals, key=lambda e: _score(e, metric)) if evals else None
     result = {
         "run_id": run_dir.name, "status": "complete",
-        **({k: best[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} if best else {}),
+        **({k: best.get(k) for k in exp.metric_keys} if best else {}),
         "best_step": best["step"] if best else None,
         "last_step": step, "stopped_early": stopped_early,
         "sessions": len(sessions), "train_seconds": round(sum(e["seconds"] for e in sessions), 1),
@@ -284,8 +295,8 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         "num_params": count_params(state.params), "devices": exp.mesh.devices.size,
         "platform": jax.devices()[0].platform, "train_images": len(exp.train_data),
         "val_images": len(exp.val_data),
-        "data_stats": {"train": {**exp.train_source.stats, **exp.train_data.stats},
-                       "val": {**exp.val_source.stats, **exp.val_data.stats}},
+        "data_stats": {"train": {**exp.train_source.stats, **getattr(exp.train_data, "stats", {})},
+                       "val": {**exp.val_source.stats, **getattr(exp.val_data, "stats", {})}},
         "last_train_metrics": next((e for e in reversed(log.entries) if e["kind"] == "train"), None),
     }
     if is_main:

@@ -8,18 +8,22 @@ import matplotlib.pyplot as plt
 
 
 def plot_training_curves(run_dir, save: bool = True):
-    """Loss (train) and AP/AP50 (val) against step; saved as curves.png in the run dir."""
+    """Loss (train) and the validation metrics (AP/AP50/AP75 for detection, top-1/top-5 for
+    pre-training) against step; saved as curves.png in the run dir."""
     run_dir = Path(run_dir)
     entries = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [e for e in entries if e["kind"] == "train"]
     evals = [e for e in entries if e["kind"] == "eval"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=72)
     a.plot([e["step"] for e in train], [e["loss"] for e in train], label="total")
-    a.plot([e["step"] for e in train], [e["cls_loss"] for e in train], label="class (focal)")
+    if train and "cls_loss" in train[0]:
+        a.plot([e["step"] for e in train], [e["cls_loss"] for e in train], label="class (focal)")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.set_title("training loss"), a.legend()
-    for k in ("AP", "AP50", "AP75"):
-        b.plot([e["step"] for e in evals], [e[k] for e in evals], marker="o", label=k)
-    b.set_xlabel("step"), b.set_ylabel("COCO metric"), b.set_title("validation"), b.legend()
+    detection = bool(evals) and "AP" in evals[0]
+    for k in (("AP", "AP50", "AP75") if detection else ("top1", "top5")):
+        b.plot([e["step"] for e in evals], [e.get(k) for e in evals], marker="o", label=k)
+    b.set_xlabel("step"), b.set_ylabel("COCO metric" if detection else "accuracy"), b.set_title("validation")
+    b.legend()
     b.set_ylim(0, 1)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
