@@ -143,3 +143,11 @@ def test_fold_unit_convention_matches_the_stem_inside_the_image():
     got = conv(x, folded["params"]["backbone"]["stem_conv"]["kernel"]) - \
         folded["batch_stats"]["backbone"]["stem_bn"]["mean"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_recorded_run_without_checkpoints_says_how_to_recreate_them(tmp_path):
+    run = tmp_path / "mini-pretrain-0123456789"
+    run.mkdir()
+    (run / "params.yaml").write_text("model:\n  backbone: resnet-mini\n")
+    with pytest.raises(wi.WeightImportError, match="stlib pretrain .*params.yaml"):
+        wi.read_checkpoint(run)

@@ -418,6 +418,10 @@ def read_checkpoint(path) -> tuple[dict, dict]:
                 break
     steps = sorted(int(p.name) for p in ckpt_root.iterdir() if p.name.isdigit()) if ckpt_root.is_dir() else []
     if not steps:
+        if run_dir is not None:   # a recorded run whose checkpoints are not here (git keeps none)
+            raise WeightImportError(
+                f"{path}: this run has no saved checkpoint here (checkpoints are not committed); re-create it "
+                f"with `stlib {'pretrain' if 'pretrain' in run_dir.name else 'train'} {run_dir / 'params.yaml'}`")
         raise WeightImportError(f"{path}: neither an `stlib import-weights` folder ({META_FILE}) nor a run "
                                 "checkpoint folder with saved steps")
     step_dir = ckpt_root / str(steps[-1])
