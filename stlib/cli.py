@@ -2,6 +2,8 @@
 
   stlib train params/mini/retinanet.yaml [--set data.label_fraction=0.2 ...] [--direct]
   stlib pretrain params/mini/pretrain.yaml [--set ...] [--direct]
+  stlib inits --scale mini         (ImageNet, ImageNet++ and SimCLR Inits of the embedded world)
+  stlib study params/mini/study_inits.yaml   (cells x seeds, mean / spread / CI, convergence plot)
   stlib world --scale mini
   stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
   stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
@@ -28,7 +30,9 @@ def _print_result(run_dir, result: dict) -> None:
 def cmd_train(args) -> int:
     from stlib import config as cfg
     from stlib.experiments import runs
+    from stlib.experiments.inits import resolve_init
     params = cfg.load_params(args.params, args.set)  # strict: fails here, before any work
+    params = resolve_init(params, outputs=args.outputs)  # named inits -> their checkpoint folders
     if args.direct:
         from stlib.train.loop import train_and_evaluate
         run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
@@ -43,7 +47,9 @@ def cmd_train(args) -> int:
 def cmd_pretrain(args) -> int:
     from stlib import config as cfg
     from stlib.experiments import runs
+    from stlib.experiments.inits import resolve_init
     params = cfg.load_params(args.params, args.set)
+    params = resolve_init(params, outputs=args.outputs)
     if args.direct:
         from stlib.train.pretrain import pretrain_and_evaluate
         run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
@@ -52,9 +58,49 @@ def cmd_pretrain(args) -> int:
         run_dir = runs.execute_notebook("pretrain.ipynb", params, outputs=args.outputs, progress=not args.quiet)
         result = json.loads((run_dir / "metrics.json").read_text())
     print(f"run: {run_dir}")
-    print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f} (held-out), best step {result['best_step']}, "
-          f"last step {result['last_step']}, devices: {result['devices']}")
+    print(_pretrain_summary(result))
     print(f"use it with: --set model.backbone={params.model.backbone} --set model.init={run_dir}")
+    return 0
+
+
+def _pretrain_summary(result: dict) -> str:
+    if "linear_top1" in result:
+        head = f"linear-probe top-1 {result['linear_top1']:.4f} (held-out; frozen backbone)"
+    else:
+        head = f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f} (held-out)"
+    return (f"{head}, best step {result['best_step']}, last step {result['last_step']}, "
+            f"devices: {result['devices']}")
+
+
+def cmd_inits(args) -> int:
+    from stlib.experiments.inits import DESCRIPTIONS, ensure_world_inits, world_init_dir
+    results = ensure_world_inits(args.scale, tuple(args.only or DESCRIPTIONS), outputs=args.outputs,
+                                 progress=not args.quiet, direct=args.direct)
+    print(f"named inits of the {args.scale} world (model.init: <name>):")
+    for name, result in results.items():
+        print(f"  {name:<11} {world_init_dir(name, args.scale, args.outputs)}")
+        print(f"              {_pretrain_summary(result)}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from pathlib import Path
+    from stlib.experiments import runs, study as st
+    spec = st.load_study(args.spec)   # every cell's params checked before any run
+    outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
+    out_dir = outputs / "studies" / spec.name
+    if args.direct or args.report_only:
+        rows = (st.results(spec, outputs, require=False) if args.report_only
+                else st.run_study(spec, outputs, progress=not args.quiet, direct=True))
+        st.write_report(spec, rows, out_dir)
+    else:
+        import papermill as pm
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(runs.notebook_path("study.ipynb")), str(out_dir / "study.ipynb"),
+                            parameters={"STUDY_FILE": str(Path(args.spec).resolve()), "OUTPUTS": str(outputs),
+                                        "RUN": True, "DIRECT": False, "PROGRESS": not args.quiet},
+                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
+    print((out_dir / "report.md").read_text())
     return 0
 
 
@@ -102,6 +148,22 @@ def main(argv=None) -> int:
     pt.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.set_defaults(fn=cmd_pretrain)
+    it = sub.add_parser("inits", help="make the named inits (imagenet, imagenet++, simclr) of an embedded world "
+                                      "that do not exist yet (pre-training runs through notebooks/pretrain.ipynb)")
+    it.add_argument("--scale", default="mini", help="world scale: smoke | mini (presets in params/<scale>/)")
+    it.add_argument("--only", nargs="*", default=None, metavar="NAME", help="just these (imagenet++ brings imagenet)")
+    it.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
+    it.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
+    it.add_argument("--quiet", action="store_true", help="no progress bar")
+    it.set_defaults(fn=cmd_inits)
+    sd = sub.add_parser("study", help="run a study spec's cells x seeds (reusing finished runs) and write its report "
+                                      "(runs notebooks/study.ipynb)")
+    sd.add_argument("spec", help="a study spec, e.g. params/mini/study_inits.yaml")
+    sd.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
+    sd.add_argument("--direct", action="store_true", help="run in this process instead of through notebooks")
+    sd.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
+    sd.add_argument("--quiet", action="store_true", help="no progress bar")
+    sd.set_defaults(fn=cmd_study)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")
     w.add_argument("--scale", default="mini")
     w.add_argument("--seed", type=int, default=0)

@@ -28,6 +28,11 @@ class ParamsError(ValueError):
     """A params file or override that does not fit the schema."""
 
 
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+# Table 1 / Table 4 initializations named in `model.init` (resolved by stlib.experiments.inits).
+NAMED_INITS = ("imagenet", "imagenet++", "simclr")
+
+
 # ----------------------------------------------------------------------------
 # Schema (defaults are the paper-scale RetinaNet unless a comment says otherwise)
 # ----------------------------------------------------------------------------
@@ -95,14 +100,20 @@ class ModelParams:
     backbone: str = "resnet50"          # registry name (stlib.models.registry; `stlib zoo` lists them)
     neck: str = _added("fpn")           # fpn | nasfpn | identity (SpineNet feeds its P3-P7 directly, REFERENCE §6.5)
     head: str = _added("retinanet")     # retinanet | segmentation | classification
-    # Table 1: Rand Init, or an orbax checkpoint folder written by `stlib import-weights`
-    # (or a run's) whose backbone is loaded; named inits come with the initialization issue.
+    # Table 1 / Table 4: rand | imagenet | imagenet++ | simclr | a checkpoint folder (written by
+    # `stlib import-weights`, or a run's) whose backbone is loaded. Named inits resolve in
+    # `stlib.experiments.inits`: at the smoke/mini scales to the pre-training runs of
+    # params/<scale>/{pretrain,noisy_student,simclr}.yaml, at paper scale to imported public
+    # checkpoints in weights/<backbone>-<name>/.
     init: str = "rand"
     activation: str = _added("relu")    # REFERENCE §4.3: relu; SpineNet configs use swish (§6.3)
     nasfpn_repeats: int = _added(5)     # REFERENCE §7.2: detection default 5; the PASCAL segmenters use 7
     separable_conv: bool = _added(False)  # REFERENCE §7.2: False for detection, True for the PASCAL segmenters
     segmentation_level: int = _added(2)   # REFERENCE §7.3: logits at stride 4
     classifier_dropout: Optional[float] = _added(None)  # None = the backbone's published value (EfficientNet §5.3), else 0
+    # Stochastic depth of the backbone: None = its published rate (EfficientNet 0.2, SpineNet 0.2,
+    # ResNet 0); Noisy Student's students use it as noise (Xie et al. 2020: survival 0.8 at the end).
+    drop_path_rate: Optional[float] = _added(None)
     fpn_channels: int = 256             # REFERENCE §4.3
     head_convs: int = 4                 # REFERENCE §4.3
     head_channels: int = 256            # REFERENCE §4.3
@@ -146,6 +157,9 @@ class TrainParams:
     momentum: float = 0.9               # REFERENCE §4.6
     weight_decay: float = 1e-4          # Sec. 3.2
     grad_clip_norm: float = 0.0         # REFERENCE §4.4: off by default (0)
+    # sgd (Sec. 3.2: momentum SGD) | lars (SimCLR's optimizer: LARS, momentum 0.9, BN and
+    # biases excluded from weight decay and trust-ratio scaling; Chen et al. 2020, Sec. B.1)
+    optimizer: str = _added("sgd")
     seed: int = 0
     log_every: int = 50
     eval_every: int = 2000
@@ -160,10 +174,27 @@ class TrainParams:
 class PretrainParams:
     """Pre-training a backbone on the object-centric classification set (`model.head:
     classification`), the ImageNet analogue of Table 1's ImageNet Init."""
-    method: str = "supervised"          # supervised (Noisy Student and SimCLR come next)
+    # supervised (ImageNet Init) | noisy_student (ImageNet++ Init: Sec. 3.2 / Table 2 use the
+    # Noisy Student EfficientNet-B7 of Xie et al. 2020) | simclr (Table 4's SimCLR Init)
+    method: str = "supervised"
     image_size: int = 224               # ImageNet's; the mini world's object images are 64 px
     augment: str = "flip_crop"          # flip_crop (flip + scale jitter 0.8-1.2 + crop) | randaugment (+ RandAugment)
     label_smoothing: float = 0.1        # our choice (EfficientNet's ImageNet recipe uses 0.1)
+    # --- Noisy Student (Xie et al. 2020, "Self-training with Noisy Student improves ImageNet
+    # classification"): the teacher labels the unlabeled pool, a noised student trains on
+    # labeled + pseudo-labeled images.
+    teacher: str = _added("")           # imagenet (the supervised run of this scale) | a run folder
+    pseudo_label: str = _added("soft")  # soft (teacher probabilities; NS Sec. 3) | hard (argmax)
+    confidence_threshold: float = _added(0.3)  # NS Sec. 4.1: pool images with teacher confidence < 0.3 are dropped
+    balance: bool = _added(True)        # NS Sec. 4.1: equal images per class (duplicate / keep the most confident)
+    pseudo_share: float = _added(0.5)   # share of the global batch from the pseudo-labeled stream (our choice: 1:1)
+    # --- SimCLR (Chen et al. 2020): two augmented views, projection head, NT-Xent, LARS.
+    temperature: float = _added(0.5)    # SimCLR App. B.9: 0.5 for CIFAR-10-sized images and batches
+    projection_dim: int = _added(128)   # SimCLR Sec. 4.2 / B.9: 128-d output
+    projection_layers: int = _added(2)  # SimCLR v1: a 2-layer MLP head
+    crop_scale: tuple = _added((0.08, 1.0))  # SimCLR App. A: random crop of 8%-100% of the area
+    color_strength: float = _added(0.5)  # SimCLR App. B.9: 0.5 on CIFAR-10 (1.0 on ImageNet)
+    probe_l2: float = _added(1e-4)      # linear probe: L2 of the logistic regression on frozen features (our choice)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,15 +340,35 @@ def validate(p: Params) -> None:
          f"model.neck identity needs a backbone that outputs P3-P7 (spinenet-*), got {m.backbone!r}")
     need(m.classifier_dropout is None or 0.0 <= m.classifier_dropout < 1.0,
          f"model.classifier_dropout must be in [0, 1), got {m.classifier_dropout}")
-    need(p.pretrain.method == "supervised",
-         f"pretrain.method must be supervised (noisy_student and simclr are not built yet), got {p.pretrain.method!r}")
+    pt = p.pretrain
+    need(pt.method in ("supervised", "noisy_student", "simclr"),
+         f"pretrain.method must be supervised|noisy_student|simclr, got {pt.method!r}")
+    need(pt.method != "noisy_student" or pt.teacher,
+         "pretrain.teacher is required for noisy_student (imagenet, or a supervised pre-training run folder)")
+    need(pt.pseudo_label in ("soft", "hard"), f"pretrain.pseudo_label must be soft|hard, got {pt.pseudo_label!r}")
+    need(0.0 <= pt.confidence_threshold < 1.0,
+         f"pretrain.confidence_threshold must be in [0, 1), got {pt.confidence_threshold}")
+    need(0.0 < pt.pseudo_share < 1.0, f"pretrain.pseudo_share must be in (0, 1), got {pt.pseudo_share}")
+    need(pt.temperature > 0, f"pretrain.temperature must be > 0, got {pt.temperature}")
+    need(pt.projection_dim > 0 and pt.projection_layers >= 1,
+         f"pretrain.projection_dim must be > 0 and projection_layers >= 1, got {pt.projection_dim}, "
+         f"{pt.projection_layers}")
+    need(len(pt.crop_scale) == 2 and 0 < pt.crop_scale[0] <= pt.crop_scale[1] <= 1,
+         f"pretrain.crop_scale must be [min, max] with 0 < min <= max <= 1, got {pt.crop_scale!r}")
+    need(pt.color_strength >= 0, f"pretrain.color_strength must be >= 0, got {pt.color_strength}")
+    need(pt.probe_l2 >= 0, f"pretrain.probe_l2 must be >= 0, got {pt.probe_l2}")
+    need(p.train.optimizer in ("sgd", "lars"), f"train.optimizer must be sgd|lars, got {p.train.optimizer!r}")
+    need(m.drop_path_rate is None or 0.0 <= m.drop_path_rate < 1.0,
+         f"model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}")
     need(p.pretrain.augment in ("flip_crop", "randaugment"),
          f"pretrain.augment must be flip_crop|randaugment, got {p.pretrain.augment!r}")
     need(0.0 <= p.pretrain.label_smoothing < 1.0,
          f"pretrain.label_smoothing must be in [0, 1), got {p.pretrain.label_smoothing}")
     need(p.pretrain.image_size % 32 == 0, f"pretrain.image_size ({p.pretrain.image_size}) must be a multiple of 32")
-    need(m.init == "rand" or Path(m.init).expanduser().exists(),
-         f"model.init {m.init!r}: not 'rand' and no such checkpoint folder (write one with `stlib import-weights`)")
+    need(m.init in ("rand",) + NAMED_INITS or Path(m.init).expanduser().exists()
+         or (_REPO_ROOT / m.init).exists(),
+         f"model.init {m.init!r}: not rand|{'|'.join(NAMED_INITS)} and no such checkpoint folder "
+         "(write one with `stlib import-weights`, or give a run folder)")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
     need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")
     need(p.train.batch_size > 0 and p.train.steps > 0, "train.batch_size and train.steps must be positive")

@@ -21,9 +21,12 @@ def default_outputs() -> Path:
 
 
 def resolve_run_dir(params: cfg.Params, run_dir: str | os.PathLike = "", outputs=None) -> Path:
-    """`run_dir` if given, else <outputs>/runs/<run-id>."""
+    """`run_dir` if given, else <outputs>/runs/<run-id>, the id hashing the params with named
+    inits resolved to their checkpoint folders (`stlib.experiments.inits`)."""
     if run_dir:
         return Path(run_dir)
+    from stlib.experiments.inits import resolve_init
+    params = resolve_init(params, outputs, require=False)
     return Path(outputs or default_outputs()) / "runs" / cfg.run_id(params)
 
 
@@ -41,6 +44,8 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
     Returns the run directory.
     """
     import papermill as pm
+    from stlib.experiments.inits import resolve_init
+    params = resolve_init(params, outputs)   # a named init without its checkpoint fails here, before work
     run_dir = resolve_run_dir(params, outputs=outputs)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "params.yaml", cfg.dump_params(params))

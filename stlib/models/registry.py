@@ -74,6 +74,11 @@ def create_backbone(mp) -> Callable[..., nn.Module]:
         kw.update(bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon)
     if is_spinenet(mp.backbone):
         kw.update(activation=mp.activation, min_level=mp.min_level, max_level=mp.max_level)
+    rate = getattr(mp, "drop_path_rate", None)
+    if rate is not None:  # None keeps each backbone's published stochastic depth
+        name = ("drop_connect_rate" if mp.backbone.startswith("efficientnet-") else
+                "init_drop_connect_rate" if is_spinenet(mp.backbone) else "drop_path_rate")
+        kw[name] = rate
     return functools.partial(fn, **kw)
 
 

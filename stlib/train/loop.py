@@ -121,8 +121,10 @@ class Detector:
                                    jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
         mp = self.params.model
         if mp.init != "rand":
+            from stlib.experiments.inits import checkpoint_path
             from stlib.models.weight_import import init_backbone
-            params, batch_stats, _ = init_backbone(state.params, state.batch_stats, mp.init, mp.backbone)
+            params, batch_stats, _ = init_backbone(state.params, state.batch_stats,
+                                                   checkpoint_path(mp.init, self.params), mp.backbone)
             state = state.replace(params=params, batch_stats=batch_stats)
         return state
 

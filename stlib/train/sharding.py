@@ -39,9 +39,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Host-local numpy batch (this process's slice) -> global jax arrays sharded on `data`."""
+    """Host-local numpy batch (this process's slice) -> global jax arrays sharded on `data`.
+
+    Nested dicts (a `stlib.data.mixture.Mixture`'s {stream: batch}) are sharded leaf by leaf."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), batch)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:

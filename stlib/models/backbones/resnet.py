@@ -18,11 +18,23 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
 
 ModuleDef = Any
+
+
+def drop_path(module: nn.Module, y, rate: float):
+    """Stochastic depth (Huang et al. 2016) on a residual branch: per example, drop it with
+    probability `rate` and scale survivors by 1/(1-rate); `rate` 0 is the identity. Uses the
+    module's "dropout" rng."""
+    if not rate:
+        return y
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return jnp.where(mask, y / jnp.asarray(keep, y.dtype), jnp.zeros_like(y))
 
 
 def fixed_padding(kernel: int):
@@ -36,6 +48,7 @@ class BasicBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
+    drop_path_rate: float = 0.0          # stochastic depth of the residual branch (training only)
 
     @nn.compact
     def __call__(self, x):
@@ -44,6 +57,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(self.norm()(y))
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros)(y)
+        y = drop_path(self, y, self.drop_path_rate)
         if residual.shape != y.shape:
             residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
             residual = self.norm(name="proj_bn")(residual)
@@ -57,6 +71,7 @@ class BottleneckBlock(nn.Module):
     strides: int = 1
     stride_in_1x1: bool = False          # keras.applications ResNet50 ("v1")
     act: Callable = nn.relu
+    drop_path_rate: float = 0.0          # stochastic depth of the residual branch (training only)
 
     @nn.compact
     def __call__(self, x):
@@ -67,6 +82,7 @@ class BottleneckBlock(nn.Module):
         y = self.act(self.norm(name="bn2")(y))
         y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
         y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y)
+        y = drop_path(self, y, self.drop_path_rate)
         if residual.shape != y.shape:
             residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name="proj_conv")(residual)
             residual = self.norm(name="proj_bn")(residual)
@@ -78,6 +94,10 @@ class ResNet(nn.Module):
 
     `padding`: "same" (flax/TF SAME everywhere) or "symmetric" (strided convs and the stem
     pool padded (k-1)//2 before and the rest after, as TPU `fixed_padding` and torch do).
+    `drop_path_rate`: stochastic depth with the linear decay rule of Huang et al. (block k of
+    N drops its residual branch with probability rate*k/N, the last one with `rate`), the
+    noise Noisy Student puts on its students (Xie et al. 2020: survival 0.8 at the last
+    block); 0 (default) adds nothing. With train=True and rate > 0 pass `rngs={"dropout": key}`.
     """
     stage_sizes: Sequence[int]
     block_cls: ModuleDef
@@ -90,10 +110,13 @@ class ResNet(nn.Module):
     activation: str = "relu"
     bn_momentum: float = 0.997
     bn_epsilon: float = 1e-4
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"ResNet drop_path_rate {self.drop_path_rate}: must be in [0, 1)")
         if self.padding not in ("same", "symmetric"):
             raise ValueError(f"ResNet padding {self.padding!r}: expected 'same' or 'symmetric'")
         act = activation_fn(self.activation)
@@ -114,11 +137,14 @@ class ResNet(nn.Module):
         if self.block_cls is BottleneckBlock:
             extra = dict(stride_in_1x1=self.stride_in_1x1, act=act)
         feats = {}
+        total, k = sum(self.stage_sizes), 0
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 strides = 2 if i > 0 and j == 0 else 1
+                k += 1
+                rate = self.drop_path_rate * k / total if train else 0.0
                 x = self.block_cls(w, conv=conv, norm=norm, strides=strides, name=f"stage{i + 1}_block{j + 1}",
-                                   **extra)(x)
+                                   drop_path_rate=rate, **extra)(x)
             feats[i + 2] = x
         return {3: feats[3], 4: feats[4], 5: feats[5]}
 

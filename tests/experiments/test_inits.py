@@ -1,0 +1,67 @@
+"""Named inits: what `model.init: imagenet | imagenet++ | simclr` resolves to, and the errors."""
+import pytest
+
+from stlib import config as cfg
+from stlib.experiments import inits, runs
+
+SMOKE = "params/smoke/retinanet.yaml"
+
+
+def _fake_run(run_dir):
+    (run_dir / "checkpoints" / "best" / "3").mkdir(parents=True)
+    return run_dir
+
+
+def test_world_names_resolve_to_the_runs_of_the_scales_presets(tmp_path):
+    p = cfg.load_params(SMOKE, ["model.init=imagenet"])
+    want = runs.resolve_run_dir(cfg.load_params("params/smoke/pretrain.yaml"), outputs=tmp_path)
+    with pytest.raises(inits.InitError, match=r"stlib inits --scale smoke.*stlib pretrain params/smoke/pretrain.yaml"):
+        inits.resolve_named("imagenet", p, tmp_path)
+    _fake_run(want)
+    assert inits.resolve_named("imagenet", p, tmp_path) == str(want)
+    resolved = inits.resolve_init(p, tmp_path)
+    assert resolved.model.init == str(want)
+    # the run id hashes the checkpoint it starts from: a name and its folder are the same run
+    assert runs.resolve_run_dir(p, outputs=tmp_path) == runs.resolve_run_dir(resolved, outputs=tmp_path)
+    assert cfg.run_id(resolved) != cfg.run_id(cfg.load_params(SMOKE))
+
+
+def test_noisy_student_teacher_is_part_of_its_run_id(tmp_path):
+    ns = cfg.load_params("params/smoke/noisy_student.yaml")
+    teacher = runs.resolve_run_dir(cfg.load_params("params/smoke/pretrain.yaml"), outputs=tmp_path)
+    r = inits.resolve_init(ns, tmp_path, require=False)
+    assert r.pretrain.teacher == str(teacher)
+    other = inits.resolve_init(cfg.load_params("params/smoke/noisy_student.yaml"), tmp_path / "elsewhere",
+                               require=False)
+    assert cfg.run_id(other) != cfg.run_id(r)
+    assert inits.world_init_dir("imagenet++", "smoke", tmp_path).name == cfg.run_id(r)
+
+
+def test_a_backbone_mismatch_names_both():
+    p = cfg.load_params(SMOKE, ["model.backbone=resnet-mini", "model.init=imagenet"])
+    with pytest.raises(inits.InitError, match=r"'resnet-tiny'.*'resnet-mini'"):
+        inits.resolve_named("imagenet", p)
+
+
+@pytest.mark.parametrize("backbone,name,needle", [
+    ("efficientnet-b7", "imagenet", "efficientnetb7.h5"),
+    ("efficientnet-b7", "imagenet++", "tf_efficientnet_b7.ns_jft_in1k"),
+    ("resnet50", "simclr", "--input unit"),
+])
+def test_paper_scale_names_say_which_public_file_to_fetch(backbone, name, needle):
+    p = cfg.load_params("params/paper/retinanet.yaml", [f"model.backbone={backbone}", f"model.init={name}"])
+    with pytest.raises(inits.InitError) as e:
+        inits.resolve_init(p)
+    msg = str(e.value)
+    assert needle in msg and f"weights/{backbone}-{name}" in msg and "stlib import-weights" in msg
+
+
+def test_paper_scale_unknown_pair_still_says_how_to_import():
+    p = cfg.load_params("params/paper/retinanet.yaml", ["model.backbone=spinenet-49", "model.init=simclr"])
+    with pytest.raises(inits.InitError, match="no public simclr checkpoint is known for backbone 'spinenet-49'"):
+        inits.resolve_init(p)
+
+
+def test_unknown_init_is_a_params_error():
+    with pytest.raises(cfg.ParamsError, match="not rand\\|imagenet\\|imagenet\\+\\+\\|simclr"):
+        cfg.load_params(SMOKE, ["model.init=imagenet+++"])
