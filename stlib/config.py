@@ -188,12 +188,15 @@ class PretrainParams:
     confidence_threshold: float = _added(0.3)  # NS Sec. 4.1: pool images with teacher confidence < 0.3 are dropped
     balance: bool = _added(True)        # NS Sec. 4.1: equal images per class (duplicate / keep the most confident)
     pseudo_share: float = _added(0.5)   # share of the global batch from the pseudo-labeled stream (our choice: 1:1)
+    # scratch (NS Sec. 2: the student trains from scratch) | teacher (Sec. 3.2 of the paper: students
+    # start from their teacher "to save training time")
+    student_init: str = _added("scratch")
     # --- SimCLR (Chen et al. 2020): two augmented views, projection head, NT-Xent, LARS.
-    temperature: float = _added(0.5)    # SimCLR App. B.9: 0.5 for CIFAR-10-sized images and batches
-    projection_dim: int = _added(128)   # SimCLR Sec. 4.2 / B.9: 128-d output
+    temperature: float = _added(0.5)    # SimCLR's CIFAR-10 setting (README command --temperature=0.5; 0.1 at ImageNet batch 4096)
+    projection_dim: int = _added(128)   # SimCLR Sec. 2.3: 128-d output of the projection head
     projection_layers: int = _added(2)  # SimCLR v1: a 2-layer MLP head
     crop_scale: tuple = _added((0.08, 1.0))  # SimCLR App. A: random crop of 8%-100% of the area
-    color_strength: float = _added(0.5)  # SimCLR App. B.9: 0.5 on CIFAR-10 (1.0 on ImageNet)
+    color_strength: float = _added(0.5)  # SimCLR's CIFAR-10 setting (README --color_jitter_strength=0.5; 1.0 on ImageNet)
     probe_l2: float = _added(1e-4)      # linear probe: L2 of the logistic regression on frozen features (our choice)
 
 
@@ -345,6 +348,8 @@ def validate(p: Params) -> None:
          f"pretrain.method must be supervised|noisy_student|simclr, got {pt.method!r}")
     need(pt.method != "noisy_student" or pt.teacher,
          "pretrain.teacher is required for noisy_student (imagenet, or a supervised pre-training run folder)")
+    need(pt.student_init in ("scratch", "teacher"),
+         f"pretrain.student_init must be scratch|teacher, got {pt.student_init!r}")
     need(pt.pseudo_label in ("soft", "hard"), f"pretrain.pseudo_label must be soft|hard, got {pt.pseudo_label!r}")
     need(0.0 <= pt.confidence_threshold < 1.0,
          f"pretrain.confidence_threshold must be in [0, 1), got {pt.confidence_threshold}")

@@ -265,6 +265,7 @@ class NoisyStudentExperiment(PretrainExperiment):
         super().__init__(params, progress)
         p = params
         self.teacher_dir, self.teacher_params, teacher_vars = _load_teacher(p.pretrain.teacher, p)
+        self._teacher_vars = teacher_vars if p.pretrain.student_init == "teacher" else None
         pool = build_classification_sources(p.data.world_scale, p.data.world_seed)["pool"]
         self.pool_source = pool
         probs = self._pool_probabilities(pool, teacher_vars, run_dir)
@@ -283,6 +284,28 @@ class NoisyStudentExperiment(PretrainExperiment):
             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
         if run_dir is not None and jax.process_index() == 0:
             write_json_atomic(Path(run_dir) / "pseudo_labels.json", self.pseudo_stats)
+
+    def init_state(self):
+        """Rand Init, or (`pretrain.student_init: teacher`) the teacher's weights and BN statistics
+        with a fresh optimizer; a student whose layers differ from the teacher's is refused."""
+        state = super().init_state()
+        if self._teacher_vars is None:
+            return state
+        t = self._teacher_vars
+        mine = jax.tree_util.tree_structure((state.params, state.batch_stats))
+        theirs = jax.tree_util.tree_structure((t["params"], t["batch_stats"]))
+        shapes_ok = mine == theirs and all(
+            a.shape == np.shape(b) for a, b in zip(jax.tree.leaves((state.params, state.batch_stats)),
+                                                   jax.tree.leaves((t["params"], t["batch_stats"]))))
+        if not shapes_ok:
+            raise cfg.ParamsError(
+                f"pretrain.student_init teacher: the student ({self.params.model.backbone}) and the teacher "
+                f"({self.teacher_params.model.backbone}, {self.teacher_dir}) have different layers; use "
+                "student_init scratch for a different student")
+        rep = sharding.replicated(self.mesh)
+        params = jax.device_put(jax.tree.map(jnp.asarray, t["params"]), rep)
+        return state.replace(params=params, batch_stats=jax.device_put(jax.tree.map(jnp.asarray, t["batch_stats"]), rep),
+                             opt_state=jax.jit(self.tx.init, out_shardings=rep)(params))
 
     def _pool_probabilities(self, pool: ClassificationSource, teacher_vars: dict, run_dir) -> np.ndarray:
         """The teacher's softmax over every pool image (cached in run_dir/pseudo_labels.npz)."""

@@ -38,6 +38,14 @@ def kernel_mask(params):
 
 
 def create_optimizer(tp) -> optax.GradientTransformation:
+    """`train.optimizer` sgd (above) or lars (SimCLR's; `stlib.train.simclr.lars_optimizer`, its
+    weight decay and trust ratio on all but BN parameters and biases), with the same schedule."""
+    if getattr(tp, "optimizer", "sgd") == "lars":
+        from stlib.train.simclr import lars_optimizer
+        lars = lars_optimizer(learning_rate_schedule(tp), tp.weight_decay, tp.momentum)
+        if tp.grad_clip_norm > 0:
+            return optax.chain(optax.clip_by_global_norm(tp.grad_clip_norm), lars)
+        return lars
     parts = [optax.add_decayed_weights(tp.weight_decay, mask=kernel_mask)]
     if tp.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(tp.grad_clip_norm))
