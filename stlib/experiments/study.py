@@ -1,0 +1,316 @@
+"""Studies: a grid of runs (cells x seeds) from one spec, shared through the run cache.
+
+A study spec (`params/<scale>/study_*.yaml`) names a base params preset, overrides for all
+of its runs, cells (a label and that cell's overrides) and seeds:
+
+    name: mini-inits-20pct
+    notebook: train.ipynb          # the notebook that makes each run
+    base: params/mini/retinanet.yaml
+    overrides: [data.label_fraction=0.2]
+    cells:
+      Rand Init: [model.init=rand]
+      ImageNet Init: [model.init=imagenet]
+    seeds: [0, 1, 2]
+    seed_key: train.seed
+    metric: AP
+    convergence: {baseline: Rand Init, fraction: 0.9}   # optional
+
+Each (cell, seed) is an ordinary run addressed by its resolved params, so a run another
+study (or a person) already made is found in `outputs/runs/` and not made again, and an
+interrupted study resumes where it stopped. `summarize` gives each cell's mean, spread
+and a 95% t confidence interval over seeds; `convergence_summary` the steps to a fraction
+of the final metric and the speed-up over the baseline cell, seed by seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from stlib import config as cfg
+from stlib.experiments import convergence as conv
+from stlib.experiments import runs
+from stlib.experiments.inits import resolve_init
+
+REPO_ROOT = runs.REPO_ROOT
+NOTEBOOKS = ("train.ipynb", "pretrain.ipynb")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    base: str
+    cells: dict
+    seeds: tuple = (0,)
+    notebook: str = "train.ipynb"
+    description: str = ""
+    overrides: tuple = ()
+    seed_key: str = "train.seed"
+    metric: str = "AP"
+    convergence: dict | None = None
+    path: str = ""
+
+
+def load_study(path) -> Study:
+    """Reads and checks a study spec; errors name the file and the key. Every cell's params
+    are loaded too, so a bad override fails here, before any run starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise cfg.ParamsError(f"study spec not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise cfg.ParamsError(f"{path}: not valid YAML: {e}") from None
+    fields = {f.name for f in dataclasses.fields(Study)} - {"path"}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise cfg.ParamsError(f"{path}: unknown key(s) {unknown} (known: {', '.join(sorted(fields))})")
+    for key in ("name", "base", "cells"):
+        if key not in raw:
+            raise cfg.ParamsError(f"{path}: missing required key {key!r}")
+    cells = raw["cells"]
+    if not isinstance(cells, dict) or not cells:
+        raise cfg.ParamsError(f"{path}: 'cells' must be a mapping of label -> list of overrides")
+    for label, ov in cells.items():
+        if not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
+            raise cfg.ParamsError(f"{path}: cells.{label} must be a list of 'key=value' strings, got {ov!r}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise cfg.ParamsError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if raw.get("notebook", "train.ipynb") not in NOTEBOOKS:
+        raise cfg.ParamsError(f"{path}: notebook must be one of {NOTEBOOKS}, got {raw.get('notebook')!r}")
+    conv_spec = raw.get("convergence")
+    if conv_spec is not None:
+        if not isinstance(conv_spec, dict) or conv_spec.get("baseline") not in cells:
+            raise cfg.ParamsError(f"{path}: convergence.baseline must name a cell ({', '.join(cells)}), "
+                                  f"got {conv_spec!r}")
+        frac = conv_spec.get("fraction", 0.9)
+        if not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise cfg.ParamsError(f"{path}: convergence.fraction must be in (0, 1], got {frac!r}")
+    study = Study(name=raw["name"], base=str(raw["base"]), cells={k: tuple(v) for k, v in cells.items()},
+                  seeds=tuple(seeds), notebook=raw.get("notebook", "train.ipynb"),
+                  description=raw.get("description", ""), overrides=tuple(raw.get("overrides", [])),
+                  seed_key=raw.get("seed_key", "train.seed"), metric=raw.get("metric", "AP"),
+                  convergence=conv_spec, path=str(path))
+    for label in study.cells:          # strict params of every cell, before any work
+        cell_params(study, label, study.seeds[0], resolve=False)
+    return study
+
+
+def _base_path(study: Study) -> Path:
+    p = Path(study.base)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def cell_params(study: Study, label: str, seed: int, outputs=None, resolve: bool = True) -> cfg.Params:
+    """The params of one run: base <- study overrides <- the cell's <- the seed."""
+    overrides = [*study.overrides, *study.cells[label], f"{study.seed_key}={seed}"]
+    try:
+        p = cfg.load_params(_base_path(study), overrides)
+    except cfg.ParamsError as e:
+        raise cfg.ParamsError(f"{study.path or study.name}: cell {label!r}: {e}") from None
+    return resolve_init(p, outputs, require=False) if resolve else p
+
+
+def plan(study: Study, outputs=None) -> list[dict]:
+    """One row per (cell, seed): its run folder and whether it is complete."""
+    rows = []
+    for label in study.cells:
+        for seed in study.seeds:
+            p = cell_params(study, label, seed, outputs)
+            run_dir = runs.resolve_run_dir(p, outputs=outputs)
+            m = run_dir / "metrics.json"
+            done = m.is_file() and json.loads(m.read_text()).get("status") == "complete"
+            rows.append({"cell": label, "seed": seed, "run_id": run_dir.name, "run_dir": str(run_dir),
+                         "complete": done})
+    return rows
+
+
+def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = False) -> list[dict]:
+    """Makes every run of the study that is not complete yet (in cell order); returns `results`."""
+    from tqdm.auto import tqdm
+    todo = [r for r in plan(study, outputs) if not r["complete"]]
+    for r in tqdm(todo, desc=study.name, unit="run", disable=not progress or not todo):
+        p = resolve_init(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), outputs)
+        if direct:
+            run_dir = runs.resolve_run_dir(p, outputs=outputs)
+            if study.notebook == "pretrain.ipynb":
+                from stlib.train.pretrain import pretrain_and_evaluate
+                pretrain_and_evaluate(p, run_dir, progress=progress)
+            else:
+                from stlib.train.loop import train_and_evaluate
+                train_and_evaluate(p, run_dir, progress=progress)
+        else:
+            runs.execute_notebook(study.notebook, p, outputs=outputs, progress=progress)
+    return results(study, outputs)
+
+
+def results(study: Study, outputs=None, require: bool = True) -> list[dict]:
+    """One row per (cell, seed) with the run's final metrics; a missing run is an error naming
+    it (with `require`), or left out."""
+    rows = []
+    for r in plan(study, outputs):
+        if not r["complete"]:
+            if require:
+                raise FileNotFoundError(f"study {study.name}: run {r['run_id']} ({r['cell']}, seed {r['seed']}) "
+                                        "is not complete; run the study first")
+            continue
+        m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        rows.append({**r, study.metric: m.get(study.metric), "best_step": m.get("best_step"),
+                     "last_step": m.get("last_step"), "train_seconds": m.get("train_seconds")})
+    return rows
+
+
+def t_interval(values, confidence: float = 0.95) -> float:
+    """Half-width of the two-sided t confidence interval of the mean (nan for one value)."""
+    from scipy import stats
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+
+
+def summarize(study: Study, rows: list[dict]) -> list[dict]:
+    """Per cell: n, mean, sample std, min, max and the 95% CI half-width of the metric over seeds."""
+    out = []
+    for label in study.cells:
+        vals = [r[study.metric] for r in rows if r["cell"] == label and r.get(study.metric) is not None]
+        if not vals:
+            continue
+        n, mean = len(vals), sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else float("nan")
+        out.append({"cell": label, "n": n, "mean": mean, "std": sd, "min": min(vals), "max": max(vals),
+                    "ci95": t_interval(vals), "values": vals})
+    return out
+
+
+def convergence_summary(study: Study, rows: list[dict]) -> dict:
+    """Seed by seed, each cell's steps to `fraction` of its own final metric and its speed-up
+    over the baseline cell of the same seed (`stlib.experiments.convergence.speedup`)."""
+    spec = study.convergence or {}
+    base, frac = spec.get("baseline"), float(spec.get("fraction", 0.9))
+    curves = {(r["cell"], r["seed"]): conv.eval_curve(r["run_dir"], study.metric) for r in rows}
+    per_run = []
+    for (label, seed), curve in curves.items():
+        row = {"cell": label, "seed": seed, "final": conv.final_value(curve[1]),
+               "steps_to_fraction": conv.steps_to_fraction(*curve, frac)}
+        if base is not None and (base, seed) in curves:
+            row.update({f"speedup_vs_{base}": conv.speedup(curves[(base, seed)], curve, frac)["speedup"],
+                        "level": conv.speedup(curves[(base, seed)], curve, frac)["level"],
+                        "steps_to_level": conv.speedup(curves[(base, seed)], curve, frac)["other_steps"]})
+        per_run.append(row)
+    cells = {}
+    for label in study.cells:
+        mine = [r for r in per_run if r["cell"] == label]
+        if not mine:
+            continue
+        c = {"steps_to_fraction": [r["steps_to_fraction"] for r in mine]}
+        if base is not None:
+            c["speedup"] = [r.get(f"speedup_vs_{base}") for r in mine]
+        cells[label] = c
+    return {"fraction": frac, "baseline": base, "runs": per_run, "cells": cells}
+
+
+def plot_convergence(study: Study, rows: list[dict], path=None, ax=None):
+    """Validation metric over steps, one colour per cell (a line per seed, the mean bold);
+    with a baseline: its `fraction`-of-final level dashed and each cell's mean speed-up in the legend."""
+    import matplotlib
+    if path is not None and ax is None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    summary = convergence_summary(study, rows) if study.convergence else None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+    else:
+        fig = ax.figure
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, label in enumerate(study.cells):
+        mine = [r for r in rows if r["cell"] == label]
+        if not mine:
+            continue
+        col = colours[i % len(colours)]
+        curves = [conv.eval_curve(r["run_dir"], study.metric) for r in mine]
+        for s, v in curves:
+            ax.plot(s, v, color=col, alpha=0.3, lw=1)
+        legend = label
+        if summary and summary["baseline"] != label:
+            sp = [x for x in summary["cells"][label].get("speedup", []) if x is not None and np.isfinite(x)]
+            if sp:
+                legend += f" ({np.mean(sp):.1f}x faster)"
+        common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+        if common:
+            mean = [np.mean([v[list(s).index(c)] for s, v in curves]) for c in common]
+            ax.plot(common, mean, color=col, lw=2.2, marker="o", ms=3, label=legend)
+    if summary and summary["baseline"]:
+        base_final = [r["final"] for r in summary["runs"] if r["cell"] == summary["baseline"]]
+        level = summary["fraction"] * float(np.mean(base_final))
+        ax.axhline(level, color="grey", ls="--", lw=1,
+                   label=f"{summary['fraction']:.0%} of {summary['baseline']}'s final {study.metric}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {study.metric}")
+    ax.set_title(study.description or study.name, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        from stlib.io import write_bytes_atomic
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        write_bytes_atomic(path, buf.getvalue())
+    return fig
+
+
+def report_markdown(study: Study, rows: list[dict]) -> str:
+    """The study's tables as markdown: per-cell mean +- std (95% CI, n), per-run values,
+    and with a baseline the convergence speed-up."""
+    lines = [f"# {study.name}", "", study.description, "",
+             f"{study.metric} over seeds {list(study.seeds)} (mean, sample std, 95% t interval):", "",
+             f"| cell | n | mean {study.metric} | std | 95% CI | min | max | per seed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summarize(study, rows):
+        lines.append(f"| {s['cell']} | {s['n']} | {s['mean']:.4f} | {s['std']:.4f} | +-{s['ci95']:.4f} | "
+                     f"{s['min']:.4f} | {s['max']:.4f} | {', '.join(f'{v:.4f}' for v in s['values'])} |")
+    if study.convergence:
+        c = convergence_summary(study, rows)
+        lines += ["", f"Convergence: steps to {c['fraction']:.0%} of the run's own final {study.metric}, and the "
+                  f"speed-up = steps {c['baseline']} needs to reach {c['fraction']:.0%} of its final {study.metric} "
+                  "/ steps this run needs to reach that level (same seed; curves linear between evaluations "
+                  "from 0 at step 0):", "",
+                  "| cell | seed | final | steps to fraction | steps to baseline level | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for r in c["runs"]:
+            sp = r.get(f"speedup_vs_{c['baseline']}")
+            lines.append(f"| {r['cell']} | {r['seed']} | {r['final']:.4f} | {r['steps_to_fraction']:.0f} | "
+                         f"{r.get('steps_to_level', float('nan')):.0f} | "
+                         f"{'' if sp is None else f'{sp:.2f}x'} |")
+    lines += ["", "Runs:", ""] + [f"- {r['cell']}, seed {r['seed']}: `{r['run_id']}`" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _repo_relative(path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_report(study: Study, rows: list[dict], out_dir) -> Path:
+    """outputs/studies/<name>/: report.md, results.json and convergence.png (when asked for)."""
+    from stlib.io import write_json_atomic, write_text_atomic
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "report.md", report_markdown(study, rows))
+    shown = [{**r, "run_dir": _repo_relative(r["run_dir"])} for r in rows]
+    payload = {"study": dataclasses.asdict(study), "runs": shown, "summary": summarize(study, rows)}
+    if study.convergence:
+        payload["convergence"] = convergence_summary(study, rows)
+        plot_convergence(study, rows, out_dir / "convergence.png")
+    write_json_atomic(out_dir / "results.json", payload)
+    return out_dir

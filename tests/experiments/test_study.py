@@ -1,0 +1,105 @@
+"""Studies and convergence: specs, the run cache, mean / spread / CI, steps to a fraction, speed-up."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stlib import config as cfg
+from stlib.experiments import convergence as conv
+from stlib.experiments import study as st
+
+
+def test_steps_to_level_interpolates_from_zero():
+    steps, vals = [100, 200, 300], [0.2, 0.3, 0.4]
+    assert conv.steps_to_level(steps, vals, 0.1) == pytest.approx(50.0)
+    assert conv.steps_to_level(steps, vals, 0.25) == pytest.approx(150.0)
+    assert conv.steps_to_level(steps, vals, 0.5) == math.inf
+    assert conv.steps_to_fraction(steps, vals, 0.75) == pytest.approx(200.0)   # 0.3 = 75% of 0.4
+
+
+def test_speedup_is_baseline_steps_over_other_steps():
+    rand = ([150, 300, 450, 600], [0.02, 0.05, 0.08, 0.10])
+    pre = ([150, 300, 450, 600], [0.18, 0.25, 0.30, 0.32])
+    s = conv.speedup(rand, pre, 0.9)
+    assert s["level"] == pytest.approx(0.09)
+    assert s["baseline_steps"] == pytest.approx(450 + 150 * 0.5)
+    assert s["other_steps"] == pytest.approx(150 * 0.09 / 0.18)
+    assert s["speedup"] == pytest.approx(525 / 75)
+    assert math.isnan(conv.speedup(pre, rand, 1.0)["speedup"])   # rand never reaches 0.32
+
+
+SPEC = """
+name: test-study
+description: two cells
+base: params/smoke/retinanet.yaml
+overrides: [train.eval_every=2]
+cells:
+  Rand Init: [model.init=rand]
+  Other: [train.base_lr=0.02]
+seeds: [0, 1, 2]
+convergence: {baseline: Rand Init, fraction: 0.9}
+"""
+
+
+def _write_run(run_dir, curve):
+    run_dir.mkdir(parents=True)
+    lines = [{"kind": "train", "step": 1, "loss": 1.0}] + [{"kind": "eval", "step": s, "AP": v} for s, v in curve]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    best = max(curve, key=lambda x: x[1])
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "AP": best[1], "best_step": best[0],
+                                                      "last_step": curve[-1][0], "train_seconds": 1.0}))
+
+
+def test_study_reuses_runs_and_reports_mean_spread_and_speedup(tmp_path, monkeypatch):
+    spec_path = tmp_path / "study.yaml"
+    spec_path.write_text(SPEC)
+    study = st.load_study(spec_path)
+    plan = st.plan(study, tmp_path)
+    assert len(plan) == 6 and not any(r["complete"] for r in plan)
+    assert len({r["run_id"] for r in plan}) == 6
+    aps = {("Rand Init", 0): 0.10, ("Rand Init", 1): 0.12, ("Rand Init", 2): 0.14,
+           ("Other", 0): 0.30, ("Other", 1): 0.33, ("Other", 2): 0.36}
+    for r in plan:
+        final = aps[(r["cell"], r["seed"])]
+        shape = [0.2, 0.5, 0.8, 1.0] if r["cell"] == "Rand Init" else [0.7, 0.9, 1.0, 1.0]
+        _write_run(tmp_path / "runs" / r["run_id"], [(2 * (i + 1), final * f) for i, f in enumerate(shape)])
+    # every run exists: nothing is executed
+    monkeypatch.setattr(st.runs, "execute_notebook", lambda *a, **k: pytest.fail("re-ran a finished run"))
+    rows = st.run_study(study, tmp_path, progress=False)
+    summary = {s["cell"]: s for s in st.summarize(study, rows)}
+    assert summary["Rand Init"]["mean"] == pytest.approx(0.12)
+    assert summary["Rand Init"]["std"] == pytest.approx(0.02)
+    assert summary["Other"]["ci95"] == pytest.approx(4.302653 * 0.03 / math.sqrt(3), rel=1e-5)
+    c = st.convergence_summary(study, rows)
+    sp = c["cells"]["Other"]["speedup"]
+    assert all(x > 1 for x in sp) and c["cells"]["Rand Init"]["speedup"] == [pytest.approx(1.0)] * 3
+    out = st.write_report(study, rows, tmp_path / "studies" / "test-study")
+    report = (out / "report.md").read_text()
+    assert "| Rand Init | 3 | 0.1200 | 0.0200 |" in report and "x |" in report
+    assert (out / "convergence.png").stat().st_size > 10_000
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["summary"][1]["cell"] == "Other"
+
+
+def test_a_missing_run_is_named_and_a_bad_cell_fails_before_work(tmp_path):
+    spec_path = tmp_path / "study.yaml"
+    spec_path.write_text(SPEC)
+    study = st.load_study(spec_path)
+    with pytest.raises(FileNotFoundError, match="seed 0.*not complete"):
+        st.results(study, tmp_path)
+    assert st.results(study, tmp_path, require=False) == []
+    spec_path.write_text(SPEC.replace("train.base_lr=0.02", "train.base_lrr=0.02"))
+    with pytest.raises(cfg.ParamsError, match="cell 'Other'.*unknown key 'train.base_lrr'"):
+        st.load_study(spec_path)
+    spec_path.write_text(SPEC.replace("baseline: Rand Init", "baseline: Nope"))
+    with pytest.raises(cfg.ParamsError, match="convergence.baseline must name a cell"):
+        st.load_study(spec_path)
+
+
+def test_the_recorded_mini_study_spec_loads():
+    study = st.load_study("params/mini/study_inits.yaml")
+    assert set(study.cells) == {"Rand Init", "ImageNet Init"} and study.seeds == (0, 1, 2)
+    p = st.cell_params(study, "ImageNet Init", 1, resolve=False)
+    assert p.model.init == "imagenet" and p.data.label_fraction == 0.2 and p.train.seed == 1
+    assert np.isclose(st.t_interval([1.0, 2.0, 3.0]), 4.302653 * 1.0 / math.sqrt(3), rtol=1e-5)
