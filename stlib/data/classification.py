@@ -22,13 +22,13 @@ import os
 import pathlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 from stlib.data.coco import CorruptImageError, DataError, decode_image
-from stlib.data.pipeline import CACHE_BYTES, stack
+from stlib.data.pipeline import CACHE_BYTES, IndexedBatches
 
 _log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-class ClassificationData:
+class ClassificationData(IndexedBatches):
     """Fixed-shape examples and batches from a `ClassificationSource`.
 
     Args:
@@ -221,7 +221,6 @@ class ClassificationData:
         self.source = source
         self.image_size = image_size
         self._cache: dict[int, np.ndarray] = {}
-        self._perm_cache: dict[tuple, np.ndarray] = {}
         indices = list(range(len(source)))
         if cache_images is None:
             cache_images = len(indices) * image_size * image_size * 3 <= CACHE_BYTES
@@ -248,37 +247,3 @@ class ClassificationData:
             return None
         return {"image": img, "label": np.int32(self.source.labels[i]), "index": np.int32(i),
                 "example_valid": np.bool_(True)}
-
-    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-        key = (seed, epoch)
-        if key not in self._perm_cache:  # one epoch's order cached at a time
-            self._perm_cache = {key: np.random.default_rng([seed, epoch]).permutation(self.indices)}
-        return self._perm_cache[key]
-
-    def train_batch(self, step: int, batch_size: int, seed: int,
-                    process_index: int = 0, process_count: int = 1) -> dict:
-        """This process's slice (``batch_size // process_count`` examples) of global batch `step`."""
-        per_host = batch_size // process_count
-        n = len(self.indices)
-        pos = step * batch_size + process_index * per_host
-        out = []
-        while len(out) < per_host:
-            epoch, j = divmod(pos, n)
-            ex = self.example(int(self._permutation(seed, epoch)[j]))
-            pos += 1
-            if ex is not None:
-                out.append(ex)
-        return stack(out)
-
-    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-        """Every example once, in source order, in fixed-size batches; padding has example_valid False
-        (and image 0, label 0, index 0)."""
-        per_host = batch_size // process_count
-        idx = list(self.indices)
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start + process_index * per_host: start + (process_index + 1) * per_host]
-            exs = [e for e in (self.example(int(i)) for i in chunk) if e is not None]
-            pad = {"image": np.zeros((self.image_size, self.image_size, 3), np.uint8), "label": np.int32(0),
-                   "index": np.int32(0), "example_valid": np.bool_(False)}
-            exs += [pad] * (per_host - len(exs))
-            yield stack(exs)

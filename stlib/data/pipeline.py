@@ -31,7 +31,62 @@ def resize_long_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR)), scale
 
 
-class DetectionData:
+class IndexedBatches:
+    """Training and evaluation batches over `self.indices` (positions in a source) from
+    `self.example(i)` (a dict of fixed-shape arrays, None for a corrupt image).
+
+    The habits every stlib data class shares: a training batch is a pure function of
+    (seed, step) (a seeded permutation per epoch), each process builds its slice of the global
+    batch, a corrupt image is replaced by the next example in the order, and evaluation visits
+    every example once in fixed-size batches whose padding has `example_valid` False.
+    """
+
+    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+        key = (seed, epoch)
+        cache = self.__dict__.setdefault("_perm_cache", {})
+        if key not in cache:  # one epoch's order cached at a time
+            cache.clear()
+            cache[key] = np.random.default_rng([seed, epoch]).permutation(self.indices)
+        return cache[key]
+
+    def train_batch(self, step: int, batch_size: int, seed: int,
+                    process_index: int = 0, process_count: int = 1) -> dict:
+        """The batch for `step` (this process's slice, ``batch_size // process_count`` examples),
+        a pure function of (seed, step)."""
+        per_host = batch_size // process_count
+        n = len(self.indices)
+        pos = step * batch_size + process_index * per_host
+        out = []
+        while len(out) < per_host:
+            epoch, j = divmod(pos, n)
+            ex = self.example(int(self._permutation(seed, epoch)[j]))
+            pos += 1
+            if ex is not None:
+                out.append(ex)
+        return stack(out)
+
+    def _blank_example(self) -> dict:
+        """An all-zero example (example_valid False) shaped like the first readable one."""
+        for i in self.indices:
+            ex = self.example(int(i))
+            if ex is not None:
+                return {k: np.zeros_like(v) for k, v in ex.items()}
+        raise ValueError(f"{getattr(self.source, 'name', 'data')}: no readable example to pad with")
+
+    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+        """Every example once, in order, in fixed-size batches; padding has example_valid False
+        (and zeros elsewhere)."""
+        per_host = batch_size // process_count
+        idx = list(self.indices)
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start + process_index * per_host: start + (process_index + 1) * per_host]
+            exs = [e for e in (self.example(int(i)) for i in chunk) if e is not None]
+            pad = {k: np.zeros_like(v) for k, v in exs[0].items()} if exs else self._blank_example()
+            exs += [pad] * (per_host - len(exs))
+            yield stack(exs)
+
+
+class DetectionData(IndexedBatches):
     """Fixed-shape examples and batches from a `DetectionSource`.
 
     Args:
@@ -53,7 +108,6 @@ class DetectionData:
         self.max_boxes = max_boxes
         self.stats = {"boxes_truncated": 0}  # corrupt images are counted by the source
         self._cache: dict[int, np.ndarray] = {}
-        self._perm_cache: dict[tuple, np.ndarray] = {}
         indices = list(range(len(source.records)))
         if cache_images is None:
             cache_images = len(indices) * image_size * image_size * 3 <= CACHE_BYTES
@@ -111,47 +165,6 @@ class DetectionData:
             mask[: img.shape[0], : img.shape[1]] = sem
             ex["mask"] = mask
         return ex
-
-    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-        key = (seed, epoch)
-        if key not in self._perm_cache:  # one epoch's order cached at a time
-            self._perm_cache = {key: np.random.default_rng([seed, epoch]).permutation(self.indices)}
-        return self._perm_cache[key]
-
-    def train_batch(self, step: int, batch_size: int, seed: int,
-                    process_index: int = 0, process_count: int = 1) -> dict:
-        """The batch for `step` (this process's slice), a pure function of (seed, step).
-
-        A corrupt image (found only when images are decoded lazily) is replaced by the next
-        example in the order and counted in the source's `stats["images_corrupt"]`.
-        """
-        per_host = batch_size // process_count
-        n = len(self.indices)
-        pos = step * batch_size + process_index * per_host
-        out = []
-        while len(out) < per_host:
-            epoch, j = divmod(pos, n)
-            ex = self.example(int(self._permutation(seed, epoch)[j]))
-            pos += 1
-            if ex is not None:
-                out.append(ex)
-        return stack(out)
-
-    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-        """Every example once, in order, in fixed-size batches; padding has example_valid False."""
-        per_host = batch_size // process_count
-        idx = list(self.indices)
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start + process_index * per_host: start + (process_index + 1) * per_host]
-            exs = [e for e in (self.example(int(i)) for i in chunk) if e is not None]
-            if not exs:
-                exs = [self.example(int(idx[0]))]
-                exs[0]["example_valid"] = np.bool_(False)
-            while len(exs) < per_host:
-                pad = {k: np.zeros_like(v) for k, v in exs[0].items()}
-                exs.append(pad)
-            yield stack(exs)
-
 
 def stack(examples: list[dict]) -> dict:
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
