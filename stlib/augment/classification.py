@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from stlib.augment.flip_crop import IMAGENET_MEAN, IMAGENET_STD, augment_s1
 from stlib.augment.ops import RANDAUGMENT_CONSTANTS
@@ -41,7 +42,7 @@ def _as_example(image):
 
 def augment_classification(key, images_uint8, policy: str = "flip_crop", randaugment_layers: int = 2,
                            randaugment_magnitude: float = 10.0, scale_range: tuple = (0.8, 1.2),
-                           hflip: bool = True, pixel_scale: float | None = None):
+                           hflip: bool = True, pixel_scale: float | None = None, mesh=None):
     """Augments a batch: uint8 [B,S,S,3] -> normalized float32 [B,S,S,3]; jit-able.
 
     Args:
@@ -52,6 +53,9 @@ def augment_classification(key, images_uint8, policy: str = "flip_crop", randaug
       scale_range: (min, max) of the scale jitter; (1, 1) turns it off.
       hflip: random horizontal flips.
       pixel_scale: multiplies RandAugment's pixel constants; None: S / 224.
+      mesh: the device mesh of a sharded batch; RandAugment's per-example loop then runs on each
+        device's own slice (`shard_map`), as `stlib.augment.augment_batch` does, instead of
+        gathering the batch onto every device.
     """
     if policy not in CLASSIFICATION_POLICIES:
         raise ValueError(f"augment_classification: unknown policy {policy!r} "
@@ -75,7 +79,13 @@ def augment_classification(key, images_uint8, policy: str = "flip_crop", randaug
     if policy == "randaugment" and jax.default_backend() == "cpu":
         # lax.map skips the branches RandAugment did not draw (vmap computes them all); see
         # stlib.augment.batch_mode for the measurements.
-        return jax.lax.map(lambda a: one(*a), (keys, images_uint8))
+        run = lambda ks, x: jax.lax.map(lambda a: one(*a), (ks, x))
+        if mesh is None or mesh.devices.size == 1:
+            return run(keys, images_uint8)
+        spec = PartitionSpec("data")
+        # check_vma off: the empty box set made inside is replicated while the images vary per device
+        return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)(
+            keys, images_uint8)
     return jax.vmap(one)(keys, images_uint8)
 
 

@@ -47,13 +47,13 @@ def classification_loss(logits, labels, weight, label_smoothing: float = 0.0):
     return jnp.sum(ce * weight) / n, acc
 
 
-def classification_train_step(state, batch, *, model, tx, params):
+def classification_train_step(state, batch, *, model, tx, params, mesh=None):
     """One SGD step of supervised pre-training on a global batch. Returns (new_state, metrics)."""
     rng = jax.random.fold_in(state.rng, state.step)
     pp = params.pretrain
     images = augment_classification(rng, batch["image"], policy=pp.augment,
                                     randaugment_layers=params.augment.randaugment_layers,
-                                    randaugment_magnitude=params.augment.randaugment_magnitude)
+                                    randaugment_magnitude=params.augment.randaugment_magnitude, mesh=mesh)
     weight = batch["example_valid"].astype(jnp.float32)
 
     def loss_fn(p):
@@ -108,7 +108,7 @@ class PretrainExperiment:
         self.tx = create_optimizer(p.train)
         rep, bat = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            functools.partial(classification_train_step, model=self.model, tx=self.tx, params=p),
+            functools.partial(classification_train_step, model=self.model, tx=self.tx, params=p, mesh=self.mesh),
             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
         self.eval_step = jax.jit(functools.partial(classification_eval_step, model=self.model),
                                  in_shardings=(rep, bat), out_shardings=rep)
@@ -190,7 +190,7 @@ class PseudoLabeledData(ClassificationData):
         return ex
 
 
-def noisy_student_train_step(state, batch, *, model, tx, params):
+def noisy_student_train_step(state, batch, *, model, tx, params, mesh=None):
     """One step of a noised student on {"labeled", "pseudo"} streams: both are augmented with
     the policy (RandAugment for a noised student), the model runs with dropout and stochastic
     depth, and the loss is labeled CE (label smoothing) + pseudo CE against the teacher's targets,
@@ -201,7 +201,7 @@ def noisy_student_train_step(state, batch, *, model, tx, params):
     n_l = lab["image"].shape[0]
     images = augment_classification(rng, jnp.concatenate([lab["image"], pse["image"]]), policy=pp.augment,
                                     randaugment_layers=params.augment.randaugment_layers,
-                                    randaugment_magnitude=params.augment.randaugment_magnitude)
+                                    randaugment_magnitude=params.augment.randaugment_magnitude, mesh=mesh)
     w_l = lab["example_valid"].astype(jnp.float32)
     w_p = pse["example_valid"].astype(jnp.float32)
     k = pse["target"].shape[-1]
@@ -280,7 +280,7 @@ class NoisyStudentExperiment(PretrainExperiment):
         self.train_data = Mixture({"labeled": self.train_data, "pseudo": pseudo}, sizes)
         rep, bat = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            functools.partial(noisy_student_train_step, model=self.model, tx=self.tx, params=p),
+            functools.partial(noisy_student_train_step, model=self.model, tx=self.tx, params=p, mesh=self.mesh),
             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
         if run_dir is not None and jax.process_index() == 0:
             write_json_atomic(Path(run_dir) / "pseudo_labels.json", self.pseudo_stats)
