@@ -115,9 +115,22 @@ class PretrainExperiment:
         self.progress = progress
 
     def init_state(self):
+        """Rand Init; with `model.init` (a name or checkpoint folder) the checkpoint's whole
+        classifier when its layers match (continued training, e.g. the no-pseudo-label control
+        of Noisy Student), else its backbone with a fresh head."""
         p = self.params
-        return create_train_state(self.model, self.tx, p.pretrain.image_size, jax.random.PRNGKey(p.train.seed),
-                                  sharding.replicated(self.mesh))
+        state = create_train_state(self.model, self.tx, p.pretrain.image_size, jax.random.PRNGKey(p.train.seed),
+                                   sharding.replicated(self.mesh))
+        if p.model.init == "rand":
+            return state
+        from stlib.experiments.inits import checkpoint_path
+        from stlib.models.weight_import import init_backbone, read_checkpoint
+        path = checkpoint_path(p.model.init, p)
+        variables, _ = read_checkpoint(path)
+        if _same_layers(state, variables):
+            return restore_variables(state, variables, self.tx, self.mesh)
+        params, batch_stats, _ = init_backbone(state.params, state.batch_stats, path, p.model.backbone)
+        return state.replace(params=params, batch_stats=batch_stats)
 
     def evaluate(self, state) -> dict:
         """Top-1 and top-5 accuracy on the held-out split."""
@@ -128,6 +141,22 @@ class PretrainExperiment:
             totals += np.asarray(self.eval_step(variables, sharding.shard_batch(batch, self.mesh)))
         n = max(totals[2], 1.0)
         return {"top1": float(totals[0] / n), "top5": float(totals[1] / n), "val_images": int(totals[2])}
+
+
+def _same_layers(state, variables: dict) -> bool:
+    """Whether `variables` ({"params", "batch_stats"}) has exactly the state's layers and shapes."""
+    mine = (state.params, state.batch_stats)
+    theirs = (variables["params"], variables.get("batch_stats", {}))
+    return jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(theirs) and all(
+        a.shape == np.shape(b) for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)))
+
+
+def restore_variables(state, variables: dict, tx, mesh):
+    """`state` with all weights and BN statistics from `variables` and a fresh optimizer state."""
+    rep = sharding.replicated(mesh)
+    params = jax.device_put(jax.tree.map(jnp.asarray, variables["params"]), rep)
+    stats = jax.device_put(jax.tree.map(jnp.asarray, variables.get("batch_stats", {})), rep)
+    return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(tx.init, out_shardings=rep)(params))
 
 
 # ----------------------------------------------------------------------------
@@ -291,21 +320,12 @@ class NoisyStudentExperiment(PretrainExperiment):
         state = super().init_state()
         if self._teacher_vars is None:
             return state
-        t = self._teacher_vars
-        mine = jax.tree_util.tree_structure((state.params, state.batch_stats))
-        theirs = jax.tree_util.tree_structure((t["params"], t["batch_stats"]))
-        shapes_ok = mine == theirs and all(
-            a.shape == np.shape(b) for a, b in zip(jax.tree.leaves((state.params, state.batch_stats)),
-                                                   jax.tree.leaves((t["params"], t["batch_stats"]))))
-        if not shapes_ok:
+        if not _same_layers(state, self._teacher_vars):
             raise cfg.ParamsError(
                 f"pretrain.student_init teacher: the student ({self.params.model.backbone}) and the teacher "
                 f"({self.teacher_params.model.backbone}, {self.teacher_dir}) have different layers; use "
                 "student_init scratch for a different student")
-        rep = sharding.replicated(self.mesh)
-        params = jax.device_put(jax.tree.map(jnp.asarray, t["params"]), rep)
-        return state.replace(params=params, batch_stats=jax.device_put(jax.tree.map(jnp.asarray, t["batch_stats"]), rep),
-                             opt_state=jax.jit(self.tx.init, out_shardings=rep)(params))
+        return restore_variables(state, self._teacher_vars, self.tx, self.mesh)
 
     def _pool_probabilities(self, pool: ClassificationSource, teacher_vars: dict, run_dir) -> np.ndarray:
         """The teacher's softmax over every pool image (cached in run_dir/pseudo_labels.npz)."""

@@ -103,3 +103,15 @@ def test_the_recorded_mini_study_spec_loads():
     p = st.cell_params(study, "ImageNet Init", 1, resolve=False)
     assert p.model.init == "imagenet" and p.data.label_fraction == 0.2 and p.train.seed == 1
     assert np.isclose(st.t_interval([1.0, 2.0, 3.0]), 4.302653 * 1.0 / math.sqrt(3), rtol=1e-5)
+
+
+def test_the_paper_table2_spec_loads_and_addresses_each_cell():
+    study = st.load_study("params/paper/study_table2_inits.yaml")
+    assert len(study.cells) == 12
+    p = st.cell_params(study, "ImageNet++ Init S4", 0, resolve=False)
+    assert (p.model.init, p.augment.policy, p.train.steps, p.model.backbone) == ("imagenet++", "s4", 120000,
+                                                                                 "efficientnet-b7")
+    # without the imported checkpoints, running it says which public file to fetch
+    from stlib.experiments.inits import InitError, resolve_init
+    with pytest.raises(InitError, match="tf_efficientnet_b7.ns_jft_in1k"):
+        resolve_init(p)
