@@ -131,38 +131,36 @@ def cmd_import_weights(args) -> int:
     return 0
 
 
+def _run_options(parser, direct_help: str = "run in this process instead of through the notebook") -> None:
+    parser.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
+    parser.add_argument("--direct", action="store_true", help=direct_help)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="stlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train and evaluate a detector (runs notebooks/train.ipynb via papermill)")
     t.add_argument("params", help="a params YAML file, e.g. params/mini/retinanet.yaml")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
-    t.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
-    t.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(t)
     t.set_defaults(fn=cmd_train)
     pt = sub.add_parser("pretrain", help="pre-train a backbone on the classification set (runs notebooks/pretrain.ipynb)")
     pt.add_argument("params", help="a params YAML file, e.g. params/mini/pretrain.yaml")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
-    pt.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
-    pt.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
-    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(pt)
     pt.set_defaults(fn=cmd_pretrain)
     it = sub.add_parser("inits", help="make the named inits (imagenet, imagenet++, simclr) of an embedded world "
                                       "that do not exist yet (pre-training runs through notebooks/pretrain.ipynb)")
     it.add_argument("--scale", default="mini", help="world scale: smoke | mini (presets in params/<scale>/)")
     it.add_argument("--only", nargs="*", default=None, metavar="NAME", help="just these (imagenet++ brings imagenet)")
-    it.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
-    it.add_argument("--direct", action="store_true", help="run in this process instead of through the notebook")
-    it.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_options(it)
     it.set_defaults(fn=cmd_inits)
     sd = sub.add_parser("study", help="run a study spec's cells x seeds (reusing finished runs) and write its report "
                                       "(runs notebooks/study.ipynb)")
     sd.add_argument("spec", help="a study spec, e.g. params/mini/study_inits.yaml")
-    sd.add_argument("--outputs", default=None, help="outputs folder (default: <repo>/outputs)")
-    sd.add_argument("--direct", action="store_true", help="run in this process instead of through notebooks")
+    _run_options(sd, "run in this process instead of through notebooks")
     sd.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
-    sd.add_argument("--quiet", action="store_true", help="no progress bar")
     sd.set_defaults(fn=cmd_study)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")
     w.add_argument("--scale", default="mini")

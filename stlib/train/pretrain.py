@@ -80,6 +80,18 @@ def classification_eval_step(variables, batch, *, model):
     return jnp.stack([jnp.sum(top1 * weight), jnp.sum(top5 * weight), jnp.sum(weight)])
 
 
+def world_setup(p: cfg.Params, what: str):
+    """(mesh, {"train", "val", "pool"} sources) of a pre-training run on the embedded world;
+    a non-world `data.source` or a batch that does not split over the devices is an error."""
+    if p.data.source != "world":
+        raise cfg.ParamsError(f"data.source {p.data.source!r}: pre-training reads the embedded world's {what}")
+    sharding.maybe_initialize_distributed()
+    mesh = sharding.create_mesh()
+    sharding.check_batch_size(p.train.batch_size, mesh)
+    sharding.check_batch_size(p.train.eval_batch_size, mesh, "train.eval_batch_size")
+    return mesh, build_classification_sources(p.data.world_scale, p.data.world_seed)
+
+
 class PretrainExperiment:
     """Everything a pre-training run needs, in the shape `train_and_evaluate` drives."""
     metric = "top1"
@@ -90,15 +102,8 @@ class PretrainExperiment:
         if p.model.head != "classification":
             raise cfg.ParamsError(f"model.head {p.model.head!r}: pre-training trains a classifier "
                                   "(model.head classification)")
-        if p.data.source != "world":
-            raise cfg.ParamsError(f"data.source {p.data.source!r}: pre-training reads the embedded world's "
-                                  "classification set (paper-scale ImageNet comes from imported checkpoints, "
-                                  "`stlib import-weights`)")
-        sharding.maybe_initialize_distributed()
-        self.mesh = sharding.create_mesh()
-        sharding.check_batch_size(p.train.batch_size, self.mesh)
-        sharding.check_batch_size(p.train.eval_batch_size, self.mesh, "train.eval_batch_size")
-        sources = build_classification_sources(p.data.world_scale, p.data.world_seed)
+        self.mesh, sources = world_setup(p, "classification set (paper-scale ImageNet comes from imported "
+                                            "checkpoints, `stlib import-weights`)")
         self.train_source, self.val_source = sources["train"], sources["val"]
         self.categories = self.train_source.categories
         size = p.pretrain.image_size

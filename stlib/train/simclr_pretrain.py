@@ -25,9 +25,10 @@ import optax
 from stlib import config as cfg
 from stlib.augment.classification import prepare_classification_eval
 from stlib.augment.simclr import simclr_views
-from stlib.data.classification import ClassificationData, ClassificationSource, UNLABELED, build_classification_sources
+from stlib.data.classification import ClassificationData, ClassificationSource, UNLABELED
 from stlib.models.registry import create_backbone
 from stlib.train import sharding
+from stlib.train.pretrain import world_setup
 from stlib.train.simclr import ProjectionHead, SimCLRModel, linear_probe, nt_xent_loss
 from stlib.train.state import create_optimizer, create_train_state
 
@@ -74,15 +75,8 @@ class SimCLRExperiment:
 
     def __init__(self, params: cfg.Params, progress: bool = True):
         self.params = p = params
-        if p.data.source != "world":
-            raise cfg.ParamsError(f"data.source {p.data.source!r}: SimCLR pre-training reads the embedded world's "
-                                  "object images (paper-scale SimCLR comes from imported checkpoints, "
-                                  "`stlib import-weights resnet50 ... --input unit`)")
-        sharding.maybe_initialize_distributed()
-        self.mesh = sharding.create_mesh()
-        sharding.check_batch_size(p.train.batch_size, self.mesh)
-        sharding.check_batch_size(p.train.eval_batch_size, self.mesh, "train.eval_batch_size")
-        sources = build_classification_sources(p.data.world_scale, p.data.world_seed)
+        self.mesh, sources = world_setup(p, "object images (paper-scale SimCLR comes from imported checkpoints, "
+                                            "`stlib import-weights resnet50 ... --input unit`)")
         labeled, self.val_source = sources["train"], sources["val"]
         self.categories = labeled.categories
         self.train_source = unlabeled_union("objects-unlabeled", labeled, sources["pool"])
