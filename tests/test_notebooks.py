@@ -66,36 +66,53 @@ def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
     assert (out_nb.stat().st_size < 5_000_000)
 
 
-def test_pretrain_notebook_records_a_classifier_run_a_detector_can_start_from(tmp_path):
-    """`stlib pretrain` through papermill, then a detector's backbone from that run folder."""
+def test_inits_makes_the_three_pretrained_checkpoints_a_detector_can_start_from(tmp_path):
+    """`stlib inits --scale smoke`: ImageNet, SimCLR and ImageNet++ (Noisy Student) runs through
+    papermill in one command; then a detector's backbone from them, and the student's start."""
     from tests.conftest import REPO
-    pre = str(REPO / "params/smoke/pretrain.yaml")
     code = (f"import sys; from stlib.cli import main; "
-            f"sys.exit(main(['pretrain', {pre!r}, '--quiet', '--outputs', {str(tmp_path)!r}]))")
+            f"sys.exit(main(['inits', '--scale', 'smoke', '--quiet', '--outputs', {str(tmp_path)!r}]))")
     proc = run_python(code)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (run,) = list((tmp_path / "runs").iterdir())
-    assert run.name.startswith("smoke-pretrain-") and "top-1" in proc.stdout
-    for f in ("params.yaml", "metrics.json", "metrics.jsonl", "pretrain.ipynb", "curves.png"):
-        assert (run / f).is_file(), f
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["status"] == "complete" and metrics["last_step"] == 6
-    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["best_step"] in (3, 6)
-    nb = nbformat.read(run / "pretrain.ipynb", as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    runs = {p.name.rsplit("-", 1)[0]: p for p in (tmp_path / "runs").iterdir()}
+    assert set(runs) == {"smoke-pretrain", "smoke-simclr", "smoke-noisy-student"}
+    assert "linear-probe top-1" in proc.stdout and "imagenet++" in proc.stdout
+    for name, run in runs.items():
+        for f in ("params.yaml", "metrics.json", "metrics.jsonl", "pretrain.ipynb", "curves.png"):
+            assert (run / f).is_file(), (name, f)
+        nb = nbformat.read(run / "pretrain.ipynb", as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.output_type == "error"]
+        assert not errors, name
+    metrics = {n: json.loads((r / "metrics.json").read_text()) for n, r in runs.items()}
+    assert all(m["status"] == "complete" for m in metrics.values())
+    pre = metrics["smoke-pretrain"]
+    assert pre["last_step"] == 6 and 0.0 <= pre["top1"] <= pre["top5"] <= 1.0 and pre["best_step"] in (3, 6)
+    assert 0.0 <= metrics["smoke-simclr"]["linear_top1"] <= 1.0
+    assert 0.0 <= metrics["smoke-noisy-student"]["top1"] <= 1.0
+    pseudo = json.loads((runs["smoke-noisy-student"] / "pseudo_labels.json").read_text())
+    assert pseudo["pool_images"] == 16 and pseudo["teacher"].endswith(runs["smoke-pretrain"].name)
+    # a second call finds all three and trains nothing
+    stamps = {n: (r / "metrics.json").stat().st_mtime_ns for n, r in runs.items()}
+    proc2 = run_python(code)
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    assert stamps == {n: (r / "metrics.json").stat().st_mtime_ns for n, r in runs.items()}
 
-    # The smoke detector (resnet-tiny) takes that run's best backbone exactly; its heads stay Rand Init's.
+    # The smoke detector (resnet-tiny) takes the imagenet run's best backbone exactly (named init);
+    # its heads stay Rand Init's.
     import jax
     import numpy as np
     from stlib import config as cfg
+    from stlib.experiments.inits import resolve_init
     from stlib.models import weight_import as wi
     from stlib.train import sharding
     from stlib.train.loop import Detector
-    variables, meta = wi.read_checkpoint(run)
-    assert meta["backbone"] == "resnet-tiny" and meta["step"] == metrics["best_step"]
+    variables, meta = wi.read_checkpoint(runs["smoke-pretrain"])
+    assert meta["backbone"] == "resnet-tiny" and meta["step"] == pre["best_step"]
     mesh = sharding.create_mesh()
-    loaded = Detector(cfg.load_params(SMOKE, [f"model.init={run}"]), 3, mesh).init_state()
+    named = resolve_init(cfg.load_params(SMOKE, ["model.init=imagenet"]), outputs=tmp_path)
+    assert named.model.init == str(runs["smoke-pretrain"])
+    loaded = Detector(named, 3, mesh).init_state()
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.params["backbone"]),
                  variables["params"]["backbone"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.batch_stats["backbone"]),
@@ -104,3 +121,19 @@ def test_pretrain_notebook_records_a_classifier_run_a_detector_can_start_from(tm
     jax.tree.map(np.testing.assert_array_equal, loaded.params["head"], rand.params["head"])
     assert not np.array_equal(np.asarray(loaded.params["backbone"]["stem_conv"]["kernel"]),
                               np.asarray(rand.params["backbone"]["stem_conv"]["kernel"]))
+    # SimCLR's checkpoint ({"backbone", "projection"}) gives its backbone the same way
+    sim_vars, _ = wi.read_checkpoint(runs["smoke-simclr"])
+    assert set(sim_vars["params"]) == {"backbone", "projection"}
+    p, bs, _ = wi.init_backbone(rand.params, rand.batch_stats, runs["smoke-simclr"], "resnet-tiny")
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, p["backbone"]),
+                 sim_vars["params"]["backbone"])
+    jax.tree.map(np.testing.assert_array_equal, p["fpn"], rand.params["fpn"])
+
+    # The Noisy Student student (student_init: teacher) starts from the teacher's weights exactly
+    from stlib.train.pretrain import NoisyStudentExperiment
+    ns_params = resolve_init(cfg.load_params(str(REPO / "params/smoke/noisy_student.yaml")), outputs=tmp_path)
+    student = NoisyStudentExperiment(ns_params, progress=False).init_state()
+    teacher_vars, _ = wi.read_checkpoint(runs["smoke-pretrain"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.params), teacher_vars["params"])
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.batch_stats),
+                 teacher_vars["batch_stats"])
