@@ -27,36 +27,24 @@ def _print_result(run_dir, result: dict) -> None:
             print(f"data ({split}): {counted}")
 
 
-def cmd_train(args) -> int:
+def _load(args):
     from stlib import config as cfg
-    from stlib.experiments import runs
     from stlib.experiments.inits import resolve_init
-    params = cfg.load_params(args.params, args.set)  # strict: fails here, before any work
-    params = resolve_init(params, outputs=args.outputs)  # named inits -> their checkpoint folders
-    if args.direct:
-        from stlib.train.loop import train_and_evaluate
-        run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
-        result = train_and_evaluate(params, run_dir, progress=not args.quiet)
-    else:
-        run_dir = runs.execute_notebook("train.ipynb", params, outputs=args.outputs, progress=not args.quiet)
-        result = json.loads((run_dir / "metrics.json").read_text())
+    params = cfg.load_params(args.params, args.set)      # strict: fails here, before any work
+    return resolve_init(params, outputs=args.outputs)     # named inits -> their checkpoint folders
+
+
+def cmd_train(args) -> int:
+    from stlib.experiments import runs
+    run_dir, result = runs.run(_load(args), "train.ipynb", args.outputs, not args.quiet, args.direct)
     _print_result(run_dir, result)
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from stlib import config as cfg
     from stlib.experiments import runs
-    from stlib.experiments.inits import resolve_init
-    params = cfg.load_params(args.params, args.set)
-    params = resolve_init(params, outputs=args.outputs)
-    if args.direct:
-        from stlib.train.pretrain import pretrain_and_evaluate
-        run_dir = runs.resolve_run_dir(params, outputs=args.outputs)
-        result = pretrain_and_evaluate(params, run_dir, progress=not args.quiet)
-    else:
-        run_dir = runs.execute_notebook("pretrain.ipynb", params, outputs=args.outputs, progress=not args.quiet)
-        result = json.loads((run_dir / "metrics.json").read_text())
+    params = _load(args)
+    run_dir, result = runs.run(params, "pretrain.ipynb", args.outputs, not args.quiet, args.direct)
     print(f"run: {run_dir}")
     print(_pretrain_summary(result))
     print(f"use it with: --set model.backbone={params.model.backbone} --set model.init={run_dir}")

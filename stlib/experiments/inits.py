@@ -181,11 +181,7 @@ def ensure_world_inits(world_scale: str = "mini", names=cfg.NAMED_INITS, outputs
         metrics = run_dir / "metrics.json"
         done = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "complete"
         if not (done and has_checkpoint(run_dir)):
-            if direct:
-                from stlib.train.pretrain import pretrain_and_evaluate
-                pretrain_and_evaluate(pre, run_dir, progress=progress)
-            else:
-                runs.execute_notebook("pretrain.ipynb", pre, outputs=outputs, progress=progress)
+            runs.run(pre, "pretrain.ipynb", outputs, progress, direct)
         out[name] = json.loads(metrics.read_text())
     return out
 

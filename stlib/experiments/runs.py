@@ -57,6 +57,27 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
     return run_dir
 
 
+def run(params: cfg.Params, notebook: str = "train.ipynb", outputs=None, progress: bool = True,
+        direct: bool = False) -> tuple[Path, dict]:
+    """Makes the run of `params` (named inits resolved first) through `notebooks/<notebook>`, or
+    in this process with `direct`; returns (run folder, its final metrics). `train.ipynb` trains
+    a detector, `pretrain.ipynb` pre-trains a backbone (`pretrain.method`)."""
+    import json
+    from stlib.experiments.inits import resolve_init
+    if notebook not in ("train.ipynb", "pretrain.ipynb"):
+        raise ValueError(f"run: notebook must be train.ipynb or pretrain.ipynb, got {notebook!r}")
+    params = resolve_init(params, outputs)
+    if not direct:
+        run_dir = execute_notebook(notebook, params, outputs=outputs, progress=progress)
+        return run_dir, json.loads((run_dir / "metrics.json").read_text())
+    run_dir = resolve_run_dir(params, outputs=outputs)
+    if notebook == "pretrain.ipynb":
+        from stlib.train.pretrain import pretrain_and_evaluate
+        return run_dir, pretrain_and_evaluate(params, run_dir, progress=progress)
+    from stlib.train.loop import train_and_evaluate
+    return run_dir, train_and_evaluate(params, run_dir, progress=progress)
+
+
 def summarize(result: dict):
     """A one-row table of a run's final metrics (pandas, for notebooks)."""
     import pandas as pd

@@ -134,17 +134,8 @@ def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = 
     from tqdm.auto import tqdm
     todo = [r for r in plan(study, outputs) if not r["complete"]]
     for r in tqdm(todo, desc=study.name, unit="run", disable=not progress or not todo):
-        p = resolve_init(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), outputs)
-        if direct:
-            run_dir = runs.resolve_run_dir(p, outputs=outputs)
-            if study.notebook == "pretrain.ipynb":
-                from stlib.train.pretrain import pretrain_and_evaluate
-                pretrain_and_evaluate(p, run_dir, progress=progress)
-            else:
-                from stlib.train.loop import train_and_evaluate
-                train_and_evaluate(p, run_dir, progress=progress)
-        else:
-            runs.execute_notebook(study.notebook, p, outputs=outputs, progress=progress)
+        runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
+                 progress, direct)
     return results(study, outputs)
 
 
@@ -200,9 +191,8 @@ def convergence_summary(study: Study, rows: list[dict]) -> dict:
         row = {"cell": label, "seed": seed, "final": conv.final_value(curve[1]),
                "steps_to_fraction": conv.steps_to_fraction(*curve, frac)}
         if base is not None and (base, seed) in curves:
-            row.update({f"speedup_vs_{base}": conv.speedup(curves[(base, seed)], curve, frac)["speedup"],
-                        "level": conv.speedup(curves[(base, seed)], curve, frac)["level"],
-                        "steps_to_level": conv.speedup(curves[(base, seed)], curve, frac)["other_steps"]})
+            sp = conv.speedup(curves[(base, seed)], curve, frac)
+            row.update({f"speedup_vs_{base}": sp["speedup"], "level": sp["level"], "steps_to_level": sp["other_steps"]})
         per_run.append(row)
     cells = {}
     for label in study.cells:
