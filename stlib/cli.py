@@ -4,6 +4,8 @@
   stlib pretrain params/mini/pretrain.yaml [--set ...] [--direct]
   stlib inits --scale mini         (ImageNet, ImageNet++ and SimCLR Inits of the embedded world)
   stlib study params/mini/study_inits.yaml   (cells x seeds, mean / spread / CI, convergence plot)
+  stlib self-train [params/mini/self_train.yaml]   (teacher -> pseudo labels -> student, with a report)
+  stlib pseudo-label RUN --unlabeled world:scenes [--nms soft_nms] [--coco out.json]
   stlib world --scale mini
   stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
   stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
@@ -79,7 +81,7 @@ def cmd_study(args) -> int:
     out_dir = outputs / "studies" / spec.name
     if args.direct or args.report_only:
         rows = (st.results(spec, outputs, require=False) if args.report_only
-                else st.run_study(spec, outputs, progress=not args.quiet, direct=True))
+                else st.run_study(spec, outputs, progress=not args.quiet, direct=True, jobs=args.jobs))
         st.write_report(spec, rows, out_dir)
     else:
         import papermill as pm
@@ -89,6 +91,54 @@ def cmd_study(args) -> int:
                                         "RUN": True, "DIRECT": False, "PROGRESS": not args.quiet},
                             cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
     print((out_dir / "report.md").read_text())
+    return 0
+
+
+def cmd_pseudo_label(args) -> int:
+    from stlib.pseudo.label import make_pseudo_labels
+    store = make_pseudo_labels(args.teacher, args.unlabeled, min_score=args.min_score, nms=args.nms,
+                               max_images=args.max_images, store_dir=args.out, shard_size=args.shard_size,
+                               progress=not args.quiet)
+    s = store.summary(args.threshold)
+    print(f"store: {store.root}")
+    print(f"{s['images']} images ({s['skipped']} skipped), {s['boxes']} boxes >= {args.threshold} "
+          f"({s['boxes_per_image']:.2f} per image)")
+    from stlib.pseudo import quality
+    from stlib.pseudo.sources import parse_unlabeled
+    from stlib.pseudo.teacher import TeacherRun
+    t = TeacherRun(args.teacher)
+    source = parse_unlabeled(args.unlabeled, t.params.data.world_scale, t.params.data.world_seed,
+                             t.params.data.tfds_data_dir)
+    if source.hidden_gt is not None:
+        rows = quality.quality_table(store.load(), source.hidden_gt)
+        print("quality against the pool's hidden ground truth:")
+        print(quality.format_quality_table(rows))
+    if args.coco:
+        store.export_coco(args.coco, min_score=args.threshold)
+        print(f"COCO json (boxes >= {args.threshold}): {args.coco}")
+    return 0
+
+
+def cmd_self_train(args) -> int:
+    from pathlib import Path
+    from stlib.experiments import runs, study as st
+    spec = st.load_study(args.spec)   # every cell's params checked before any run
+    outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
+    out_dir = outputs / "studies" / spec.name
+    if args.direct:
+        from stlib.experiments.self_training import write_self_training_report
+        rows = st.run_study(spec, outputs, progress=not args.quiet, direct=True, jobs=args.jobs)
+        st.write_report(spec, rows, out_dir)
+        write_self_training_report(spec, rows, out_dir)
+    else:
+        import papermill as pm
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(runs.notebook_path("self_train.ipynb")), str(out_dir / "self_train.ipynb"),
+                            parameters={"STUDY_FILE": str(Path(args.spec).resolve()), "OUTPUTS": str(outputs),
+                                        "PROGRESS": not args.quiet},
+                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
+    print((out_dir / "report.md").read_text())
+    print((out_dir / "self_training.md").read_text())
     return 0
 
 
@@ -149,7 +199,29 @@ def main(argv=None) -> int:
     sd.add_argument("spec", help="a study spec, e.g. params/mini/study_inits.yaml")
     _run_options(sd, "run in this process instead of through notebooks")
     sd.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
+    sd.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
     sd.set_defaults(fn=cmd_study)
+    sl = sub.add_parser("pseudo-label", help="label an unlabeled source with a finished detection run (the teacher) "
+                                             "into a resumable pseudo-label store")
+    sl.add_argument("teacher", help="the teacher's run folder, e.g. outputs/runs/mini-retinanet-<hash>")
+    sl.add_argument("--unlabeled", required=True,
+                    help="world:objects | world:scenes | folder:<path> (or a path) | tfds:<name>:<split>")
+    sl.add_argument("--min-score", type=float, default=0.1, help="keep boxes down to this score (default 0.1)")
+    sl.add_argument("--threshold", type=float, default=0.5, help="the training threshold to report (Sec. 3.2: 0.5)")
+    sl.add_argument("--nms", choices=("nms", "soft_nms"), default="nms")
+    sl.add_argument("--max-images", type=int, default=0, help="only the first N images (0 = all)")
+    sl.add_argument("--shard-size", type=int, default=500)
+    sl.add_argument("--out", default=None, help="store folder (default: outputs/pseudo_labels/<teacher>-<hash>)")
+    sl.add_argument("--coco", default=None, help="also export the boxes >= --threshold as COCO json here")
+    sl.add_argument("--quiet", action="store_true", help="no progress bar")
+    sl.set_defaults(fn=cmd_pseudo_label)
+    se = sub.add_parser("self-train", help="a self-training study: teacher -> pseudo labels -> student, with teacher "
+                                           "vs student AP and pseudo-label quality (runs notebooks/self_train.ipynb)")
+    se.add_argument("spec", nargs="?", default="params/mini/self_train.yaml",
+                    help="a study spec whose students name their teacher cell (default: params/mini/self_train.yaml)")
+    _run_options(se, "run in this process instead of through notebooks")
+    se.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
+    se.set_defaults(fn=cmd_self_train)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")
     w.add_argument("--scale", default="mini")
     w.add_argument("--seed", type=int, default=0)

@@ -201,6 +201,39 @@ class PretrainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfTrainParams:
+    """Self-training (Sec. 3.2) and joint training (Sec. 5, Table 7) of a detector.
+
+    Both add data streams to the human-labeled detection batch (`stlib.data.mixture`): the
+    teacher's pseudo-labeled images and/or the classification set with its labels. Each
+    stream has its loss; the extra streams' losses are combined with the human one by
+    the loss normalization of Appendix B (`stlib.losses.combine_stream_losses`).
+    """
+    # A finished detection run (its folder) that labels `unlabeled`; "" = no self-training.
+    teacher: str = ""
+    # world:objects (the ImageNet analogue: Sec. 3.2 pseudo-labels ImageNet for COCO) |
+    # world:scenes (in-domain unlabeled scenes) | folder:<path> | tfds:<name>:<split>
+    # (e.g. tfds:imagenet2012:train, tfds:open_images_v4:train; labels discarded).
+    unlabeled: str = "world:objects"
+    max_images: int = 0                 # label only the first N images of `unlabeled` (0 = all)
+    score_threshold: float = 0.5        # Sec. 3.2: "a hard score threshold of 0.5" for pseudo boxes
+    # Boxes down to this score are kept in the pseudo-label store (our choice), so quality
+    # can be measured and explored below the training threshold without labelling again.
+    store_min_score: float = 0.1
+    nms: str = "nms"                    # the teacher's post-processing for pseudo boxes: nms | soft_nms (sigma: postprocess.soft_nms_sigma)
+    pseudo_ratio: float = 1.0           # pseudo examples per human example: Sec. 3.2 batch 512 = 256 COCO + 256 pseudo
+    alpha: float = 1.0                  # Appendix B: weight of the pseudo loss
+    loss_norm: bool = True              # Appendix B: normalized loss; False = the plain L_h + alpha * L_p (ablation)
+    norm_momentum: float = 0.99         # our choice: EMA of each stream's loss for the normalization
+    student_init: str = "teacher"       # Sec. 3.2: "the student is initialized from the teacher"; scratch = model.init
+    # Joint training (Sec. 5): the classification set trained beside detection with a
+    # classification head on the shared backbone, "the exact setup as self-training".
+    joint: bool = False
+    joint_ratio: float = 1.0            # classification examples per human detection example (Sec. 5: half and half)
+    joint_alpha: float = 1.0            # weight of the classification loss (normalized like the pseudo loss)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     name: str = "retinanet"
     description: str = ""
@@ -211,6 +244,7 @@ class Params:
     postprocess: PostprocessParams = PostprocessParams()
     train: TrainParams = TrainParams()
     pretrain: PretrainParams = _added(PretrainParams())
+    self_train: SelfTrainParams = _added(SelfTrainParams())
 
 
 # ----------------------------------------------------------------------------
@@ -374,6 +408,19 @@ def validate(p: Params) -> None:
          or (_REPO_ROOT / m.init).exists(),
          f"model.init {m.init!r}: not rand|{'|'.join(NAMED_INITS)} and no such checkpoint folder "
          "(write one with `stlib import-weights`, or give a run folder)")
+    st = p.self_train
+    need(st.nms in ("nms", "soft_nms"), f"self_train.nms must be nms|soft_nms, got {st.nms!r}")
+    need(0.0 < st.score_threshold < 1.0, f"self_train.score_threshold must be in (0, 1), got {st.score_threshold}")
+    need(0.0 < st.store_min_score <= st.score_threshold,
+         f"self_train.store_min_score must be in (0, score_threshold={st.score_threshold}], got {st.store_min_score}")
+    need(st.pseudo_ratio > 0 and st.joint_ratio > 0,
+         f"self_train.pseudo_ratio and joint_ratio must be > 0, got {st.pseudo_ratio}, {st.joint_ratio}")
+    need(st.alpha >= 0 and st.joint_alpha >= 0,
+         f"self_train.alpha and joint_alpha must be >= 0, got {st.alpha}, {st.joint_alpha}")
+    need(0.0 <= st.norm_momentum < 1.0, f"self_train.norm_momentum must be in [0, 1), got {st.norm_momentum}")
+    need(st.student_init in ("teacher", "scratch"),
+         f"self_train.student_init must be teacher|scratch, got {st.student_init!r}")
+    need(st.max_images >= 0, f"self_train.max_images must be >= 0, got {st.max_images}")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
     need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")
     need(p.train.batch_size > 0 and p.train.steps > 0, "train.batch_size and train.steps must be positive")

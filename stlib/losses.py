@@ -63,3 +63,54 @@ def detection_loss(cls_logits, box_preds, cls_targets, box_targets, num_classes:
     box_loss = jnp.sum(box * positive[..., None]) / (4.0 * normalizer)
     total = cls_loss + box_loss_weight * box_loss
     return total, {"cls_loss": cls_loss, "box_loss": box_loss, "num_positives": normalizer - 1.0}
+
+
+def update_loss_averages(averages: dict, stream_losses: dict, momentum: float) -> dict:
+    """Exponential moving averages of each stream's loss (Appendix B's mean_L), as f32 scalars.
+
+    `averages` holds one entry per stream plus "count" (updates so far); the first update
+    takes the loss itself, later ones ``m * avg + (1 - m) * loss``. No gradient flows
+    through them (they are constants for the gradient).
+    """
+    first = averages["count"] == 0
+    out = {"count": averages["count"] + 1}
+    for name, loss in stream_losses.items():
+        loss = jax.lax.stop_gradient(loss)
+        out[name] = jnp.where(first, loss, momentum * averages[name] + (1.0 - momentum) * loss)
+    return out
+
+
+def combine_stream_losses(stream_losses: dict, alphas: dict, averages: dict | None = None,
+                          primary: str = "human", normalize: bool = True):
+    """The self-training loss over data streams (paper Appendix B).
+
+    With the human loss ``L_h`` (`primary`) and extra streams ``k`` (pseudo labels; joint
+    training's classification) of weights ``alpha_k``:
+
+      normalized: ``L = (L_h + sum_k alpha_k * (mean_L_h / mean_L_k) * L_k) / (1 + sum_k alpha_k)``
+      plain:      ``L = L_h + sum_k alpha_k * L_k``
+
+    For one extra stream the normalized form is the paper's
+    ``1/(1+alpha) * (L_h + alpha * (mean_L_h / mean_L_p) * L_p)``. The ratios of moving
+    averages (`averages`, see `update_loss_averages`) are constants for the gradient, so
+    every stream's gradient is rescaled to the human loss's magnitude. With no extra stream
+    both forms are ``L_h``.
+
+    Returns (total, {stream: the weight its loss got}).
+    """
+    extra = [k for k in stream_losses if k != primary]
+    total = stream_losses[primary]
+    weights = {primary: jnp.ones((), jnp.float32)}
+    if not extra:
+        return total, weights
+    if normalize:
+        denom = 1.0 + sum(alphas[k] for k in extra)
+        for k in extra:
+            ratio = jax.lax.stop_gradient(averages[primary] / jnp.maximum(averages[k], 1e-12))
+            weights[k] = alphas[k] * ratio / denom
+        weights[primary] = weights[primary] / denom
+    else:
+        for k in extra:
+            weights[k] = jnp.asarray(alphas[k], jnp.float32)
+    total = sum(weights[k] * stream_losses[k] for k in stream_losses)
+    return total, weights

@@ -51,6 +51,7 @@ class Study:
     seed_key: str = "train.seed"
     metric: str = "AP"
     convergence: dict | None = None
+    compare: dict | None = None
     path: str = ""
 
 
@@ -90,11 +91,21 @@ def load_study(path) -> Study:
         frac = conv_spec.get("fraction", 0.9)
         if not isinstance(frac, (int, float)) or not 0 < frac <= 1:
             raise cfg.ParamsError(f"{path}: convergence.fraction must be in (0, 1], got {frac!r}")
+    cmp_spec = raw.get("compare")
+    if cmp_spec is not None and (not isinstance(cmp_spec, dict) or cmp_spec.get("baseline") not in cells):
+        raise cfg.ParamsError(f"{path}: compare.baseline must name a cell ({', '.join(cells)}), got {cmp_spec!r}")
+    for label, ov in cells.items():
+        for o in ov:
+            ref = o.split("=", 1)[1].strip() if "=" in o else ""
+            if ref.startswith("@") and ref[1:] not in cells:
+                raise cfg.ParamsError(f"{path}: cells.{label}: {o!r} refers to no cell (known: {', '.join(cells)})")
+            if ref.startswith("@") and list(cells).index(ref[1:]) >= list(cells).index(label):
+                raise cfg.ParamsError(f"{path}: cells.{label}: {o!r} must refer to a cell listed before it")
     study = Study(name=raw["name"], base=str(raw["base"]), cells={k: tuple(v) for k, v in cells.items()},
                   seeds=tuple(seeds), notebook=raw.get("notebook", "train.ipynb"),
                   description=raw.get("description", ""), overrides=tuple(raw.get("overrides", [])),
                   seed_key=raw.get("seed_key", "train.seed"), metric=raw.get("metric", "AP"),
-                  convergence=conv_spec, path=str(path))
+                  convergence=conv_spec, compare=cmp_spec, path=str(path))
     for label in study.cells:          # strict params of every cell, before any work
         cell_params(study, label, study.seeds[0], resolve=False)
     return study
@@ -105,9 +116,26 @@ def _base_path(study: Study) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
+def cell_run_dir(study: Study, label: str, seed: int, outputs=None) -> Path:
+    """The run folder of one (cell, seed)."""
+    return runs.resolve_run_dir(cell_params(study, label, seed, outputs), outputs=outputs)
+
+
+def _reference(study: Study, override: str, seed: int, outputs) -> str:
+    """`key=@Cell` -> `key=<that cell's run folder for this seed>` (repo-relative when inside
+    the repo): a student names its teacher, the teacher of the same seed."""
+    key, value = override.split("=", 1)
+    value = value.strip()
+    if not value.startswith("@"):
+        return override
+    return f"{key}={_repo_relative(cell_run_dir(study, value[1:], seed, outputs))}"
+
+
 def cell_params(study: Study, label: str, seed: int, outputs=None, resolve: bool = True) -> cfg.Params:
-    """The params of one run: base <- study overrides <- the cell's <- the seed."""
-    overrides = [*study.overrides, *study.cells[label], f"{study.seed_key}={seed}"]
+    """The params of one run: base <- study overrides <- the cell's <- the seed. A cell override
+    `key=@Other` names the run folder of cell `Other` with the same seed (e.g. a teacher)."""
+    cell = [_reference(study, o, seed, outputs) if "=@" in o.replace(" ", "") else o for o in study.cells[label]]
+    overrides = [*study.overrides, *cell, f"{study.seed_key}={seed}"]
     try:
         p = cfg.load_params(_base_path(study), overrides)
     except cfg.ParamsError as e:
@@ -129,14 +157,92 @@ def plan(study: Study, outputs=None) -> list[dict]:
     return rows
 
 
-def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = False) -> list[dict]:
-    """Makes every run of the study that is not complete yet (in cell order); returns `results`."""
+def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = False, jobs: int = 1) -> list[dict]:
+    """Makes every run of the study that is not complete yet (in cell order); returns `results`.
+
+    With `jobs` > 1 the runs go to that many worker processes at once (`run_parallel`), e.g.
+    several small runs sharing one large accelerator, or one process per GPU."""
     from tqdm.auto import tqdm
+    if jobs > 1:
+        run_parallel(study, outputs, jobs, progress)
+        return results(study, outputs)
     todo = [r for r in plan(study, outputs) if not r["complete"]]
     for r in tqdm(todo, desc=study.name, unit="run", disable=not progress or not todo):
         runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
                  progress, direct)
     return results(study, outputs)
+
+
+def _depths(study: Study) -> dict:
+    """Cell -> how many `@Cell` references deep it is (0: refers to no cell)."""
+    depth = {}
+    for label, ov in study.cells.items():   # references point to earlier cells (load_study checks)
+        refs = [o.split("=", 1)[1].strip()[1:] for o in ov if "=" in o and o.split("=", 1)[1].strip().startswith("@")]
+        depth[label] = 1 + max((depth[r] for r in refs), default=-1)
+    return depth
+
+
+def _pool(commands: list[tuple[list, Path]], jobs: int, desc: str, progress: bool) -> None:
+    """Runs the commands, `jobs` at a time, each logging to its file; a failure is an error naming its log."""
+    import os
+    import subprocess
+    import time
+    from tqdm.auto import tqdm
+    pending, running, failed = list(commands), [], []
+    bar = tqdm(total=len(commands), desc=desc, unit="job", disable=not progress or not commands)
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd, log = pending.pop(0)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            f = open(log, "w")
+            running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                             env=dict(os.environ)), f, log))
+        time.sleep(1.0)
+        for item in list(running):
+            proc, f, log = item
+            if proc.poll() is not None:
+                f.close()
+                running.remove(item)
+                bar.update(1)
+                if proc.returncode:
+                    failed.append(f"{log} (exit {proc.returncode})")
+    bar.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} job(s) failed; see {', '.join(failed)}")
+
+
+def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = True) -> None:
+    """Makes the missing runs with `jobs` worker processes (`stlib train <params> --direct`), wave
+    by wave: cells that refer to no other cell first, then their dependents. Before a wave of
+    self-training students, each pseudo-label store they need is made once (`stlib pseudo-label`),
+    so students sharing a teacher and a pool do not label it twice."""
+    import sys
+    from stlib.io import write_text_atomic
+    outputs = Path(outputs or runs.default_outputs())
+    depth = _depths(study)
+    for level in sorted(set(depth.values())):
+        todo = [r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level]
+        if not todo:
+            continue
+        stores, train = {}, []
+        for r in todo:
+            p = cell_params(study, r["cell"], r["seed"], outputs)
+            run_dir = Path(r["run_dir"])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "params.yaml", cfg.dump_params(p))
+            st = p.self_train
+            if st.teacher and st.unlabeled:
+                from stlib.pseudo.label import store_dir_for
+                store = store_dir_for(p)
+                if store not in stores:
+                    stores[store] = ([sys.executable, "-m", "stlib.cli", "pseudo-label", st.teacher, "--unlabeled",
+                                      st.unlabeled, "--min-score", str(st.store_min_score), "--nms", st.nms,
+                                      "--max-images", str(st.max_images), "--threshold", str(st.score_threshold),
+                                      "--quiet"], store.parent / f"{store.name}.log")
+            train.append(([sys.executable, "-m", "stlib.cli", "train", str(run_dir / "params.yaml"), "--direct",
+                           "--quiet", "--outputs", str(outputs)], run_dir / "run.log"))
+        _pool(list(stores.values()), jobs, f"{study.name}: pseudo labels", progress)
+        _pool(train, jobs, f"{study.name}: runs (wave {level})", progress)
 
 
 def results(study: Study, outputs=None, require: bool = True) -> list[dict]:
@@ -177,6 +283,29 @@ def summarize(study: Study, rows: list[dict]) -> list[dict]:
         sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else float("nan")
         out.append({"cell": label, "n": n, "mean": mean, "std": sd, "min": min(vals), "max": max(vals),
                     "ci95": t_interval(vals), "values": vals})
+    return out
+
+
+def paired_summary(study: Study, rows: list[dict]) -> list[dict]:
+    """`compare.baseline`: each other cell minus the baseline, seed by seed (paired), with mean,
+    sample std and the 95% t interval of the differences (e.g. student AP - teacher AP)."""
+    base = (study.compare or {}).get("baseline")
+    if base is None:
+        return []
+    ref = {r["seed"]: r[study.metric] for r in rows if r["cell"] == base and r.get(study.metric) is not None}
+    out = []
+    for label in study.cells:
+        if label == base:
+            continue
+        diffs = {r["seed"]: r[study.metric] - ref[r["seed"]] for r in rows
+                 if r["cell"] == label and r.get(study.metric) is not None and r["seed"] in ref}
+        if not diffs:
+            continue
+        vals = [diffs[s] for s in sorted(diffs)]
+        n, mean = len(vals), sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else float("nan")
+        out.append({"cell": label, "baseline": base, "n": n, "mean_diff": mean, "std": sd, "ci95": t_interval(vals),
+                    "min": min(vals), "max": max(vals), "seeds": sorted(diffs), "diffs": vals})
     return out
 
 
@@ -267,6 +396,14 @@ def report_markdown(study: Study, rows: list[dict]) -> str:
     for s in summarize(study, rows):
         lines.append(f"| {s['cell']} | {s['n']} | {s['mean']:.4f} | {s['std']:.4f} | +-{s['ci95']:.4f} | "
                      f"{s['min']:.4f} | {s['max']:.4f} | {', '.join(f'{v:.4f}' for v in s['values'])} |")
+    paired = paired_summary(study, rows)
+    if paired:
+        lines += ["", f"Paired differences, cell - {paired[0]['baseline']} of the same seed ({study.metric}; "
+                  "x100 = points):", "",
+                  "| cell | n | mean diff | std | 95% CI | min | max | per seed |", "|---|---|---|---|---|---|---|---|"]
+        for d in paired:
+            lines.append(f"| {d['cell']} | {d['n']} | {d['mean_diff']:+.4f} | {d['std']:.4f} | +-{d['ci95']:.4f} | "
+                         f"{d['min']:+.4f} | {d['max']:+.4f} | {', '.join(f'{v:+.4f}' for v in d['diffs'])} |")
     if study.convergence:
         c = convergence_summary(study, rows)
         lines += ["", f"Convergence: steps to {c['fraction']:.0%} of the run's own final {study.metric}, and the "
@@ -298,7 +435,8 @@ def write_report(study: Study, rows: list[dict], out_dir) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "report.md", report_markdown(study, rows))
     shown = [{**r, "run_dir": _repo_relative(r["run_dir"])} for r in rows]
-    payload = {"study": dataclasses.asdict(study), "runs": shown, "summary": summarize(study, rows)}
+    payload = {"study": dataclasses.asdict(study), "runs": shown, "summary": summarize(study, rows),
+               "paired": paired_summary(study, rows)}
     if study.convergence:
         payload["convergence"] = convergence_summary(study, rows)
         plot_convergence(study, rows, out_dir / "convergence.png")

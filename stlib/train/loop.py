@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from stlib import config as cfg
 from stlib.data.anchors import AnchorConfig, generate_anchors
+from stlib.data.mixture import Mixture, split_batch
 from stlib.data.pipeline import DetectionData, prefetch
 from stlib.data.sources import build_detection_sources
 from stlib.eval.coco_eval import detections_to_coco, evaluate_coco
@@ -93,7 +94,7 @@ class Detector:
     replicated and the batch sharded on `data`; `train_step` donates the state.
     """
 
-    def __init__(self, params: cfg.Params, num_classes: int, mesh):
+    def __init__(self, params: cfg.Params, num_classes: int, mesh, classifier=None):
         p, mp, pp = params, params.model, params.postprocess
         self.params, self.mesh = p, mesh
         if mp.head != "retinanet":
@@ -108,19 +109,21 @@ class Detector:
         self.post_cfg = PostprocessConfig(pp.pre_nms_top_k, pp.score_threshold, pp.nms_iou_threshold,
                                           pp.max_detections, pp.method, pp.soft_nms_sigma)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p, mesh=mesh),
+            functools.partial(train_step, model=self.model, tx=self.tx, anchors=self.anchors, params=p, mesh=mesh,
+                              classifier=classifier),
             in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
         self.predict_step = jax.jit(
             functools.partial(predict_step, model=self.model, anchors=self.anchors, post_cfg=self.post_cfg,
                               image_size=size),
             in_shardings=(rep, bat), out_shardings=rep)
 
-    def init_state(self):
-        """Fresh state (Rand Init), with the backbone from `model.init`'s checkpoint when it names one."""
+    def init_state(self, load_init: bool = True):
+        """Fresh state (Rand Init), with the backbone from `model.init`'s checkpoint when it names
+        one (and `load_init`: a self-training student that starts from its teacher skips it)."""
         state = create_train_state(self.model, self.tx, self.params.data.image_size,
                                    jax.random.PRNGKey(self.params.train.seed), sharding.replicated(self.mesh))
         mp = self.params.model
-        if mp.init != "rand":
+        if mp.init != "rand" and load_init:
             from stlib.experiments.inits import checkpoint_path
             from stlib.models.weight_import import init_backbone
             params, batch_stats, _ = init_backbone(state.params, state.batch_stats,
@@ -143,6 +146,11 @@ class Experiment:
 
     def __init__(self, params: cfg.Params, progress: bool = True):
         self.params = p = params
+        st = p.self_train
+        teacher = None
+        if st.teacher:   # checked before any data or model is built
+            from stlib.pseudo.teacher import TeacherRun
+            teacher = TeacherRun(st.teacher)
         sharding.maybe_initialize_distributed()
         self.mesh = sharding.create_mesh()
         sharding.check_batch_size(p.train.batch_size, self.mesh)
@@ -150,16 +158,87 @@ class Experiment:
         train_src, val_src = build_detection_sources(p.data)
         self.train_source, self.val_source = train_src, val_src
         self.category_ids = [c["id"] for c in train_src.categories]
-        self.train_data = DetectionData(train_src, p.data.image_size, p.data.max_boxes)
         self.val_data = DetectionData(val_src, p.data.image_size, p.data.max_boxes)
         self.coco_gt = val_src.coco_gt()
-        self.detector = Detector(p, len(self.category_ids), self.mesh)
+        self.progress = progress
+        self.teacher, self.pseudo_store, self.classifier = teacher, None, None
+        streams = {"human": DetectionData(train_src, p.data.image_size, p.data.max_boxes)}
+        shares = {"human": 1.0}
+        if teacher is not None:
+            from stlib.pseudo.teacher import check_same_classes
+            check_same_classes(teacher.categories(), train_src.categories, teacher.dir)
+            tp = teacher.params
+            if st.student_init == "teacher" and (tp.model.backbone, tp.model.neck, tp.model.fpn_channels) != (
+                    p.model.backbone, p.model.neck, p.model.fpn_channels):
+                raise cfg.ParamsError(
+                    f"self_train.student_init teacher: the teacher {teacher.dir} is a {tp.model.backbone} + "
+                    f"{tp.model.neck} detector, the student a {p.model.backbone} + {p.model.neck}; use "
+                    "self_train.student_init=scratch for a student of another architecture")
+        if teacher is not None and st.unlabeled:   # unlabeled "" = the teacher continued on human labels alone
+            streams["pseudo"] = self._pseudo_stream(teacher, train_src)
+            shares["pseudo"] = st.pseudo_ratio
+        if st.joint:
+            streams["classification"] = self._classification_stream()
+            shares["classification"] = st.joint_ratio
+        multiple = self.mesh.devices.size
+        self.train_data = Mixture(streams, split_batch(p.train.batch_size, shares, multiple))
+        self.detector = Detector(p, len(self.category_ids), self.mesh, classifier=self.classifier)
         self.model, self.anchors, self.tx = self.detector.model, self.detector.anchors, self.detector.tx
         self.train_step, self.predict_step = self.detector.train_step, self.detector.predict_step
-        self.progress = progress
+
+    def _pseudo_stream(self, teacher, train_src) -> DetectionData:
+        """Self-training's pseudo stream: the teacher's store (made now if missing) above the threshold."""
+        from stlib.pseudo.data import PseudoLabeledSource
+        from stlib.pseudo.label import make_pseudo_labels
+        from stlib.pseudo.sources import parse_unlabeled
+        p, st = self.params, self.params.self_train
+        tp = teacher.params
+        self.pseudo_store = make_pseudo_labels(teacher.dir, st.unlabeled, min_score=st.store_min_score, nms=st.nms,
+                                               max_images=st.max_images, progress=self.progress)
+        source = parse_unlabeled(st.unlabeled, tp.data.world_scale, tp.data.world_seed, tp.data.tfds_data_dir)
+        return DetectionData(PseudoLabeledSource(self.pseudo_store, source, st.score_threshold),
+                             p.data.image_size, p.data.max_boxes)
+
+    def _classification_stream(self):
+        """Joint training's stream: the classification set with its labels (the world's at smoke/mini scale)."""
+        from stlib.data.classification import ClassificationData, build_classification_sources
+        from stlib.train.joint import JointClassifier
+        p = self.params
+        if p.data.source != "world":
+            raise cfg.ParamsError("self_train.joint: joint training reads the embedded world's classification set; "
+                                  f"data.source {p.data.source!r} has none wired yet")
+        src = build_classification_sources(p.data.world_scale, p.data.world_seed)["train"]
+        self.classifier = JointClassifier(p.model, src.num_classes)
+        return ClassificationData(src, p.pretrain.image_size)
 
     def init_state(self):
-        return self.detector.init_state()
+        """The detector's initial state: Rand Init / `model.init`'s backbone, or for a
+        self-training student with `self_train.student_init: teacher` the teacher's weights and
+        BN statistics (Sec. 3.2) with a fresh optimizer; joint training adds a fresh
+        classification head; with extra streams the state carries the loss moving averages."""
+        p, st = self.params, self.params.self_train
+        from_teacher = self.teacher is not None and st.student_init == "teacher"
+        state = self.detector.init_state(load_init=not from_teacher)
+        if from_teacher:
+            from stlib.train.pretrain import restore_variables
+            t = self.teacher.load_state(self.detector)
+            state = restore_variables(state, {"params": t.params, "batch_stats": t.batch_stats}, self.tx, self.mesh)
+        if len(self.train_data.streams) == 1:
+            return state
+        from stlib.train.state import SelfTrainState
+        rep = sharding.replicated(self.mesh)
+        params, stats = dict(state.params), dict(state.batch_stats)
+        if self.classifier is not None:
+            head = self.classifier.init(jax.random.PRNGKey(p.train.seed + 7), p.pretrain.image_size)
+            params["cls_head"] = head["params"]
+            if head.get("batch_stats"):
+                stats["cls_head"] = head["batch_stats"]
+        params, stats = jax.device_put((params, stats), rep)
+        zero = np.zeros((), np.float32)
+        averages = {"count": np.zeros((), np.int32), **{k: zero for k in self.train_data.streams}}
+        return SelfTrainState(step=state.step, params=params, batch_stats=stats,
+                              opt_state=jax.jit(self.tx.init, out_shardings=rep)(params), rng=state.rng,
+                              loss_avg=jax.device_put(averages, rep))
 
     def predict(self, state, data: DetectionData = None, limit: int | None = None):
         """Detections (numpy, batched dicts) over `data` (default: validation)."""
@@ -184,7 +263,15 @@ class Experiment:
 
 
 def _tensorboard_writer(run_dir: Path):
-    import tensorflow as tf  # imported lazily: only runs that write TensorBoard events pay for it
+    """A TensorBoard writer, or None with a warning where tensorflow is not installed (an
+    accelerator image without it): the metrics still go to metrics.jsonl."""
+    try:
+        import tensorflow as tf  # imported lazily: only runs that write TensorBoard events pay for it
+    except ImportError:
+        import warnings
+        warnings.warn("train.tensorboard: tensorflow is not installed, so no TensorBoard events are written "
+                      "(metrics.jsonl has every logged value)")
+        return None
     tf.config.set_visible_devices([], "GPU")
     return tf.summary.create_file_writer(str(run_dir / "tensorboard"))
 
@@ -299,12 +386,29 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
         "val_images": len(exp.val_data),
         "data_stats": {"train": {**exp.train_source.stats, **getattr(exp.train_data, "stats", {})},
                        "val": {**exp.val_source.stats, **getattr(exp.val_data, "stats", {})}},
+        "streams": {name: {"examples_per_batch": exp.train_data.sizes[name], "images": len(d)}
+                    for name, d in exp.train_data.streams.items()} if hasattr(exp.train_data, "streams") else None,
+        **({"pseudo_labels": _pseudo_provenance(exp)} if getattr(exp, "pseudo_store", None) is not None else {}),
         "last_train_metrics": next((e for e in reversed(log.entries) if e["kind"] == "train"), None),
     }
     if is_main:
         write_json_atomic(run_dir / "metrics.json", result)
     ckpts.close()
     return result
+
+
+def _pseudo_provenance(exp) -> dict:
+    """Where a student's pseudo labels came from (recorded in its metrics.json)."""
+    from stlib.pseudo.teacher import REPO_ROOT
+    store, st = exp.pseudo_store, exp.params.self_train
+    root = Path(store.root).resolve()
+    try:
+        root = root.relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    return {"store": str(root), "teacher": store.meta.get("teacher"), "teacher_AP": store.meta.get("teacher_AP"),
+            "source": store.meta.get("source"), "threshold": st.score_threshold,
+            **{k: v for k, v in exp.train_data.streams["pseudo"].source.stats.items() if v}}
 
 
 def load_best_state(exp: Experiment, run_dir):

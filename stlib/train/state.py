@@ -25,6 +25,14 @@ class TrainState:
     rng: jax.Array
 
 
+@flax.struct.dataclass
+class SelfTrainState(TrainState):
+    """TrainState of training on several streams (self-training, joint training): adds the
+    moving averages of each stream's loss that Appendix B's loss normalization divides by
+    ({"count", stream: f32}), so a resumed run continues them exactly."""
+    loss_avg: Any = None
+
+
 def learning_rate_schedule(tp) -> optax.Schedule:
     """Sec. 3.2: linear warmup (warmup_init_lr -> base_lr over warmup_steps), then cosine decay."""
     return optax.warmup_cosine_decay_schedule(

@@ -1,0 +1,143 @@
+"""The self-training story of a study: teacher vs student AP beside the pseudo labels' quality.
+
+A self-training study (`params/mini/self_train.yaml`, `params/mini/study_self_train.yaml`)
+is an ordinary study whose student cells name their teacher cell (`self_train.teacher=@Teacher`)
+and compare with it (`compare: {baseline: Teacher}`). `self_training_rows` adds, for every
+student run, where its pseudo labels came from and how good they are against the world's
+hidden ground truth at the training threshold (`stlib.pseudo.quality`); `write_self_training_report`
+writes that table next to the study's report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stlib.experiments import study as st
+
+
+def pseudo_quality(store_root, threshold: float, world_scale: str, world_seed: int) -> dict:
+    """`stlib.pseudo.quality.quality_report` of a store at the training `threshold` (and the
+    standard thresholds), cached inside the store as `quality-<threshold>.json`."""
+    from stlib.io import write_json_atomic
+    from stlib.pseudo import quality
+    from stlib.pseudo.sources import parse_unlabeled
+    from stlib.pseudo.store import PseudoLabelStore
+    root = Path(store_root)
+    cache = root / f"quality-{threshold:g}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    store = PseudoLabelStore.open(root)
+    source = parse_unlabeled(store.meta["source"], world_scale, world_seed)
+    thresholds = sorted(set(quality.DEFAULT_THRESHOLDS) | {float(threshold)})
+    report = quality.quality_report(store.load(), source.hidden_gt, source.hidden_labels, store.categories,
+                                    thresholds=thresholds, threshold=threshold)
+    write_json_atomic(cache, report)
+    return report
+
+
+def _at(rows: list, threshold: float) -> dict:
+    return next((r for r in rows if abs(r["threshold"] - threshold) < 1e-9), {})
+
+
+def self_training_rows(study, rows: list[dict]) -> list[dict]:
+    """Per run: its AP, its teacher's AP (same seed), the difference, and for students the
+    pseudo-label store, boxes per image and precision / recall at the training threshold."""
+    base = (study.compare or {}).get("baseline")
+    teacher_ap = {r["seed"]: r.get(study.metric) for r in rows if r["cell"] == base}
+    out = []
+    for r in rows:
+        m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        row = {"cell": r["cell"], "seed": r["seed"], "run_id": r["run_id"], study.metric: r.get(study.metric)}
+        if r["cell"] != base and r["seed"] in teacher_ap and r.get(study.metric) is not None:
+            row["diff"] = r[study.metric] - teacher_ap[r["seed"]]
+        pl = m.get("pseudo_labels")
+        if pl:
+            from stlib.pseudo.teacher import REPO_ROOT
+            store = Path(pl["store"]) if Path(pl["store"]).is_absolute() else REPO_ROOT / pl["store"]
+            from stlib import config as cfg
+            p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
+            q = pseudo_quality(store, pl["threshold"], p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
+            row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": pl["threshold"]})
+            counts = _at(q.get("counts", []), pl["threshold"])
+            row["pseudo_per_image"] = counts.get("pseudo_per_image")
+            at = _at(q.get("quality", []), pl["threshold"])
+            if at:
+                row.update({"pseudo_precision": at["precision"], "pseudo_recall": at["recall"],
+                            "true_per_image": at.get("true_per_image")})
+            if q.get("ap"):
+                row["pseudo_AP"] = q["ap"].get("AP")
+            if q.get("object_pool"):
+                op = q["object_pool"]
+                row["objects_with_box"] = op.get("in_vocab_with_box_share")
+                row["objects_top_correct"] = op.get("in_vocab_top_correct_share")
+                row["objects_false_alarm"] = op.get("oov_false_alarm_share")
+        out.append(row)
+    return out
+
+
+def _f(v, fmt="{:.4f}"):
+    return "" if v is None else fmt.format(v)
+
+
+def self_training_markdown(study, rows: list[dict]) -> str:
+    srows = self_training_rows(study, rows)
+    lines = [f"Self-training runs of {study.name} ({study.metric}; pseudo-label precision / recall against the "
+             "hidden ground truth of the pool at the student's threshold, IoU 0.5):", "",
+             f"| cell | seed | {study.metric} | vs teacher | unlabeled | pseudo boxes / image | true boxes / image "
+             "| precision | recall | objects: in-vocabulary boxed / right class / out-of-vocabulary false alarm |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in srows:
+        lines.append(f"| {r['cell']} | {r['seed']} | {_f(r.get(study.metric))} | {_f(r.get('diff'), '{:+.4f}')} | "
+                     f"{r.get('unlabeled', '')} | {_f(r.get('pseudo_per_image'), '{:.2f}')} | "
+                     f"{_f(r.get('true_per_image'), '{:.2f}')} | {_f(r.get('pseudo_precision'), '{:.3f}')} | "
+                     f"{_f(r.get('pseudo_recall'), '{:.3f}')} | "
+                     + (" / ".join(_f(r.get(k), '{:.3f}') for k in ("objects_with_box", "objects_top_correct",
+                                                                   "objects_false_alarm"))
+                        if "objects_with_box" in r else "") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_self_training_report(study, rows: list[dict], out_dir) -> Path:
+    """outputs/studies/<name>/self_training.{md,json} beside the study's report."""
+    from stlib.io import write_json_atomic, write_text_atomic
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "self_training.md", self_training_markdown(study, rows))
+    write_json_atomic(out_dir / "self_training.json", self_training_rows(study, rows))
+    return out_dir
+
+
+def student_stores(rows: list[dict]) -> list[tuple[Path, float, str, int]]:
+    """(store folder, training threshold, world scale, world seed) of every student in `rows`, once each."""
+    from stlib import config as cfg
+    from stlib.pseudo.teacher import REPO_ROOT
+    seen, out = set(), []
+    for r in rows:
+        m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        pl = m.get("pseudo_labels")
+        if not pl:
+            continue
+        store = Path(pl["store"]) if Path(pl["store"]).is_absolute() else REPO_ROOT / pl["store"]
+        if store in seen or not store.is_dir():
+            continue
+        seen.add(store)
+        p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
+        out.append((store, float(pl["threshold"]), p.data.world_scale, p.data.world_seed))
+    return out
+
+
+def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
+    """Executes notebooks/pseudo_labels.ipynb (papermill) for every student's store, into
+    `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook)."""
+    import papermill as pm
+    from stlib.experiments import runs
+    done = []
+    for store, threshold, scale, seed in student_stores(rows):
+        out = store / "explorer"
+        out.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(runs.notebook_path("pseudo_labels.ipynb")), str(out / "pseudo_labels.ipynb"),
+                            parameters={"STORE_DIR": str(store), "OUT_DIR": str(out), "THRESHOLD": threshold,
+                                        "NUM_IMAGES": num_images, "WORLD_SCALE": scale, "WORLD_SEED": seed},
+                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=False, kernel_name="python3")
+        done.append(out)
+    return done

@@ -1,0 +1,90 @@
+"""The teacher of self-training: a finished detection run, checked before any work is spent."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+from stlib import config as cfg
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_run(path: str | Path, what: str = "self_train.teacher") -> Path:
+    """The run folder `path` names (absolute, or relative to the working directory or the repo)."""
+    p = Path(path).expanduser()
+    for cand in ([p] if p.is_absolute() else [p, REPO_ROOT / p]):
+        if cand.is_dir():
+            return cand.resolve()
+    raise cfg.ParamsError(f"{what} {str(path)!r}: no such run folder (train the teacher first, e.g. "
+                          "`stlib train params/mini/retinanet.yaml --set augment.policy=s4 "
+                          "--set data.label_fraction=0.2`, and pass its outputs/runs/<id> folder)")
+
+
+class TeacherRun:
+    """A finished detection run used as a teacher: its folder, params, categories, best checkpoint.
+
+    Raises `ParamsError` naming the folder when it is not a detection run, has not finished,
+    or has no best checkpoint.
+    """
+
+    def __init__(self, path: str | Path, what: str = "self_train.teacher"):
+        self.dir = find_run(path, what)
+        pfile = self.dir / "params.yaml"
+        if not pfile.is_file():
+            raise cfg.ParamsError(f"{what}: {self.dir} is not a run folder (no params.yaml)")
+        self.params = cfg.load_params(pfile)
+        if self.params.model.head != "retinanet":
+            raise cfg.ParamsError(f"{what}: {self.dir} trained a {self.params.model.head} model; a teacher "
+                                  "must be a detection run (model.head retinanet)")
+        mfile = self.dir / "metrics.json"
+        metrics = json.loads(mfile.read_text()) if mfile.is_file() else {}
+        if metrics.get("status") != "complete":
+            raise cfg.ParamsError(f"{what}: {self.dir} has not finished training (no complete metrics.json); "
+                                  "finish or resume it first")
+        self.metrics = metrics
+        best = self.dir / "checkpoints" / "best"
+        if not best.is_dir() or not any(c.name.isdigit() for c in best.iterdir()):
+            raise cfg.ParamsError(f"{what}: {self.dir} has no best checkpoint under {best} "
+                                  "(checkpoints are not in git: re-make the run on this machine)")
+        self.run_id = self.dir.name
+
+    def categories(self) -> list[dict]:
+        """The teacher's training categories ([{"id", "name"}], contiguous class k = entry k-1)."""
+        from stlib.data.sources import build_detection_sources
+        train, _ = build_detection_sources(self.params.data)
+        return [{"id": c["id"], "name": c["name"]} for c in train.categories]
+
+    def relative(self) -> str:
+        """The folder as written into a student's params: repo-relative when inside the repo,
+        so run ids do not depend on where the repository is checked out."""
+        try:
+            return self.dir.relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            return str(self.dir)
+
+    def load_state(self, detector):
+        """The teacher's best TrainState for `detector` (a `stlib.train.loop.Detector` of its params)."""
+        from stlib.train.checkpoints import Checkpoints
+        from stlib.train import sharding
+        from stlib.train.state import create_train_state
+        state = create_train_state(detector.model, detector.tx, self.params.data.image_size,
+                                   jax.random.PRNGKey(0), sharding.replicated(detector.mesh))
+        ck = Checkpoints(self.dir / "checkpoints")
+        try:
+            return ck.restore_best(state)
+        finally:
+            ck.close()
+
+
+def check_same_classes(teacher_categories: list[dict], student_categories: list[dict], teacher_dir) -> None:
+    """A student learns the teacher's classes: different category lists are an error naming both."""
+    t = [(c["id"], c["name"]) for c in teacher_categories]
+    s = [(c["id"], c["name"]) for c in student_categories]
+    if t != s:
+        only_t = [n for i, n in t if (i, n) not in s][:5]
+        only_s = [n for i, n in s if (i, n) not in t][:5]
+        raise cfg.ParamsError(
+            f"self_train.teacher {teacher_dir}: its {len(t)} classes differ from the student's {len(s)} "
+            f"(teacher only: {only_t}, student only: {only_s}); a teacher must label the student's classes")

@@ -1,0 +1,215 @@
+"""Self-training and joint training: loss normalization, streams, student init, teacher checks,
+pseudo labelling (resume after a kill, bad unlabeled files) and the student's resume."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stlib import config as cfg
+from stlib import losses
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "params/smoke/retinanet.yaml"
+ST = ["self_train.unlabeled=world:scenes", "self_train.score_threshold=0.01", "self_train.store_min_score=0.01",
+      "train.batch_size=8"]
+
+
+# ---------------------------------------------------------------- loss normalization (Appendix B)
+
+def test_normalized_loss_matches_the_papers_formula_and_gradients():
+    lh, lp = jnp.float32(2.0), jnp.float32(0.5)
+    avg = {"human": jnp.float32(3.0), "pseudo": jnp.float32(0.6)}
+    for alpha in (1.0, 2.0, 4.0):
+        total, w = losses.combine_stream_losses({"human": lh, "pseudo": lp}, {"pseudo": alpha}, avg)
+        want = 1 / (1 + alpha) * (2.0 + alpha * (3.0 / 0.6) * 0.5)
+        np.testing.assert_allclose(float(total), want, rtol=1e-6)
+        # the moving averages are constants for the gradient: d/dL_p = alpha/(1+alpha) * mean_h/mean_p
+        g = jax.grad(lambda a, b: losses.combine_stream_losses({"human": a, "pseudo": b}, {"pseudo": alpha}, avg)[0],
+                     argnums=(0, 1))(lh, lp)
+        np.testing.assert_allclose([float(g[0]), float(g[1])], [1 / (1 + alpha), alpha / (1 + alpha) * 5.0], rtol=1e-6)
+        # ... and no gradient reaches the averages even when they depend on the losses
+        ga = jax.grad(lambda b: losses.combine_stream_losses(
+            {"human": lh, "pseudo": b}, {"pseudo": alpha}, {"human": avg["human"], "pseudo": b})[0])(lp)
+        np.testing.assert_allclose(float(ga), alpha / (1 + alpha) * 3.0 / 0.5, rtol=1e-6)
+
+
+def test_plain_loss_and_single_stream():
+    total, w = losses.combine_stream_losses({"human": jnp.float32(2.0), "pseudo": jnp.float32(0.5)}, {"pseudo": 4.0},
+                                            normalize=False)
+    assert float(total) == pytest.approx(2.0 + 4.0 * 0.5)
+    total, w = losses.combine_stream_losses({"human": jnp.float32(2.0)}, {"pseudo": 4.0}, None)
+    assert float(total) == 2.0 and list(w) == ["human"]
+
+
+def test_three_streams_generalize_the_formula():
+    ls = {"human": jnp.float32(1.0), "pseudo": jnp.float32(2.0), "classification": jnp.float32(4.0)}
+    avg = {"human": 1.0, "pseudo": 4.0, "classification": 2.0}
+    total, w = losses.combine_stream_losses(ls, {"pseudo": 1.0, "classification": 2.0}, avg)
+    want = (1.0 + 1.0 * (1 / 4) * 2.0 + 2.0 * (1 / 2) * 4.0) / (1 + 1 + 2)
+    np.testing.assert_allclose(float(total), want, rtol=1e-6)
+
+
+def test_loss_averages_start_at_the_first_loss_then_move():
+    avg = {"count": jnp.int32(0), "human": jnp.float32(0), "pseudo": jnp.float32(0)}
+    avg = losses.update_loss_averages(avg, {"human": jnp.float32(2.0), "pseudo": jnp.float32(1.0)}, 0.9)
+    assert (int(avg["count"]), float(avg["human"]), float(avg["pseudo"])) == (1, 2.0, 1.0)
+    avg = losses.update_loss_averages(avg, {"human": jnp.float32(4.0), "pseudo": jnp.float32(1.0)}, 0.9)
+    assert float(avg["human"]) == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+
+
+# ---------------------------------------------------------------- a smoke teacher, once
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from stlib.train.loop import train_and_evaluate
+    out = tmp_path_factory.mktemp("outputs")
+    p = cfg.load_params(SMOKE)
+    run_dir = out / "runs" / cfg.run_id(p)
+    train_and_evaluate(p, run_dir, progress=False)
+    return run_dir
+
+
+def _student(teacher, *extra):
+    return cfg.load_params(SMOKE, [f"self_train.teacher={teacher}", *ST, *extra])
+
+
+def test_student_starts_from_the_teacher_with_exact_stream_shares(teacher):
+    from stlib.train.loop import Experiment
+    from stlib.pseudo.teacher import TeacherRun
+    exp = Experiment(_student(teacher, "self_train.joint=true", "pretrain.image_size=32", "train.batch_size=12"),
+                     progress=False)
+    assert exp.train_data.sizes == {"human": 4, "pseudo": 4, "classification": 4}
+    batch = exp.train_data.train_batch(0, 12, 0)
+    assert {k: len(v["image"]) for k, v in batch.items()} == {"human": 4, "pseudo": 4, "classification": 4}
+    state = exp.init_state()
+    t = TeacherRun(teacher).load_state(exp.detector)
+    for name in ("backbone", "fpn", "head"):
+        jax.tree.map(np.testing.assert_array_equal, state.params[name], t.params[name])
+        jax.tree.map(np.testing.assert_array_equal, state.batch_stats[name], t.batch_stats[name])
+    assert "cls_head" in state.params and int(state.loss_avg["count"]) == 0
+    state, metrics = exp.train_step(state, jax.tree.map(np.asarray, __import__(
+        "stlib.train.sharding", fromlist=["x"]).shard_batch(batch, exp.mesh)))
+    m = jax.device_get(metrics)
+    for k in ("human/loss", "pseudo/loss", "classification/loss", "classification/accuracy", "pseudo/weight"):
+        assert np.isfinite(m[k]), k
+    # first step: the averages are the losses, so every normalized stream weighs like the human one
+    np.testing.assert_allclose(m["loss"], m["human/loss"], rtol=1e-5)
+
+
+def test_the_pseudo_stream_applies_the_hard_threshold(teacher):
+    from stlib.pseudo.data import PseudoLabeledSource
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.sources import parse_unlabeled
+    store = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, progress=False)
+    src = parse_unlabeled("world:scenes", "smoke", 0)
+    all_boxes = sum(len(l.boxes) for l in store.load())
+    mid = float(np.median(np.concatenate([l.scores for l in store.load()])))
+    above = PseudoLabeledSource(store, src, mid)
+    assert 0 < sum(len(r.boxes) for r in above.records) < all_boxes
+    assert len(above.records) == len(src)        # images without boxes stay in, as background
+    img = above.load_image(0)
+    assert img.shape[:2] == (above.records[0].height, above.records[0].width)
+
+
+def test_a_missing_or_unfinished_teacher_is_an_error_before_any_work(teacher, tmp_path, monkeypatch):
+    from stlib.train.loop import Experiment
+    import stlib.data.sources as sources
+    monkeypatch.setattr(sources, "build_detection_sources", lambda *a: pytest.fail("work started"))
+    with pytest.raises(cfg.ParamsError, match="no such run folder"):
+        Experiment(_student(tmp_path / "nope"), progress=False)
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(teacher / "params.yaml", half / "params.yaml")
+    with pytest.raises(cfg.ParamsError, match="has not finished"):
+        Experiment(_student(half), progress=False)
+
+
+def test_a_teacher_of_other_classes_is_an_error_before_labelling(teacher, monkeypatch):
+    from stlib.train.loop import Experiment
+    from stlib.pseudo import teacher as teacher_mod
+    import stlib.pseudo.label as label
+    real = teacher_mod.TeacherRun.categories
+    monkeypatch.setattr(teacher_mod.TeacherRun, "categories",
+                        lambda self: [{"id": c["id"], "name": c["name"] + "-x"} for c in real(self)])
+    monkeypatch.setattr(label, "make_pseudo_labels", lambda *a, **k: pytest.fail("labelling started"))
+    with pytest.raises(cfg.ParamsError, match="classes differ"):
+        Experiment(_student(teacher), progress=False)
+
+
+def test_pseudo_labelling_killed_part_way_resumes_to_every_image_exactly_once(teacher, tmp_path):
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.store import PseudoLabelStore
+    killed = tmp_path / "killed"
+    code = (f"from stlib.pseudo.label import make_pseudo_labels\n"
+            f"make_pseudo_labels({str(teacher)!r}, 'world:scenes', min_score=0.01, store_dir={str(killed)!r}, "
+            f"shard_size=3, progress=False)\n")
+    env = {**os.environ, "STLIB_KILL_AFTER_SHARDS": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    part = PseudoLabelStore.open(killed)
+    assert sorted(part.done_shards()) == [0, 1] and not part.complete
+    assert any(p.name.endswith(".tmp") for p in (killed / "shards").iterdir())   # the half-written shard
+    resumed = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, store_dir=killed, shard_size=3,
+                                 progress=False)
+    whole = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, store_dir=tmp_path / "whole", shard_size=3,
+                               progress=False)
+    got, want = resumed.load(), whole.load()
+    assert [l.index for l in got] == list(range(16))
+    for a, b in zip(got, want):
+        assert a.key == b.key
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_array_equal(a.classes, b.classes)
+    coco = resumed.export_coco(tmp_path / "pseudo.json", min_score=0.01)
+    assert len(coco["images"]) == 16 and coco["info"]["teacher_run_id"] == teacher.name
+
+
+def test_an_unlabeled_folder_with_junk_is_labelled_with_counted_skips(teacher, tmp_path):
+    from PIL import Image
+    from stlib.data.world import ensure_world
+    from stlib.pseudo.label import make_pseudo_labels
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    pool = sorted((Path(ensure_world("smoke", 0)) / "pools/scenes/images").glob("*.png"))[:3]
+    for i, p in enumerate(pool):
+        shutil.copy(p, folder / ("sub" if i else "") / f"img{i}.png")
+    Image.open(pool[0]).convert("RGB").save(folder / "photo.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG garbage")
+    store = make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, progress=False)
+    s = store.summary(0.01)
+    assert s["images"] == 5 and s["skipped"] == 1          # 4 good images + the corrupt png
+    assert store.meta["summary"]["source_non_image_files"] == 1
+    skipped = [l for l in store.load() if l.skipped]
+    assert [l.key for l in skipped] == ["broken.png"]
+
+
+def test_a_self_training_run_resumes_exactly(teacher, tmp_path, capsys):
+    from stlib.train.checkpoints import Checkpoints
+    from stlib.train.loop import train_and_evaluate
+    p = _student(teacher)
+    a = train_and_evaluate(p, tmp_path / "a", progress=False)
+    b_dir = tmp_path / "b"
+    train_and_evaluate(p, b_dir, progress=False)
+    ck = Checkpoints(b_dir / "checkpoints")
+    ck.latest.delete(6)          # as if killed after the step-3 checkpoint
+    ck.close()
+    capsys.readouterr()
+    b = train_and_evaluate(p, b_dir, progress=False)
+    assert "from step 3" in capsys.readouterr().out
+    assert b["last_step"] == a["last_step"] == 6
+    la = [json.loads(l) for l in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l) for l in (b_dir / "metrics.jsonl").read_text().splitlines()]
+    ta = [e for e in la if e["kind"] == "train"]
+    tb = [e for e in lb if e["kind"] == "train"]
+    assert [e["step"] for e in ta] == [e["step"] for e in tb]
+    np.testing.assert_allclose([e["loss"] for e in ta], [e["loss"] for e in tb], rtol=1e-5)
+    np.testing.assert_allclose([e["pseudo/loss_avg"] for e in ta], [e["pseudo/loss_avg"] for e in tb], rtol=1e-5)
+    assert a["pseudo_labels"]["teacher"].endswith(teacher.name)
