@@ -95,3 +95,23 @@ def test_added_fields_change_the_address_when_set():
     assert cfg.run_id(cfg.load_params(SMOKE, ["model.neck=fpn"])) == cfg.run_id(base)
     assert cfg.run_id(cfg.load_params(SMOKE, ["model.neck=nasfpn"])) != cfg.run_id(base)
     assert cfg.run_id(cfg.load_params(SMOKE, ["model.activation=swish"])) != cfg.run_id(base)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("self_train.nms=greedy", "self_train.nms"),
+    ("self_train.score_threshold=1.5", "self_train.score_threshold"),
+    ("self_train.store_min_score=0.7", "store_min_score"),
+    ("self_train.pseudo_ratio=0", "pseudo_ratio"),
+    ("self_train.student_init=imagenet", "student_init"),
+    ("self_train.norm_momentum=1.0", "norm_momentum"),
+])
+def test_self_train_params_are_checked(override, message):
+    with pytest.raises(cfg.ParamsError, match=message):
+        cfg.load_params("params/smoke/retinanet.yaml", [override])
+
+
+def test_self_train_fields_leave_old_run_ids_alone():
+    p = cfg.load_params("params/smoke/retinanet.yaml")
+    assert "self_train" not in cfg._hashed_dict(p)
+    q = cfg.load_params("params/smoke/retinanet.yaml", ["self_train.alpha=2.0"])
+    assert cfg.run_id(q) != cfg.run_id(p)

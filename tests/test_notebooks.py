@@ -137,3 +137,37 @@ def test_inits_makes_the_three_pretrained_checkpoints_a_detector_can_start_from(
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.params), teacher_vars["params"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.batch_stats),
                  teacher_vars["batch_stats"])
+
+
+def test_self_train_notebook_runs_teacher_pseudo_labels_student(tmp_path):
+    """`stlib self-train` (notebooks/self_train.ipynb): the teacher's run, its store, a student that
+    names both, the explorer notebook's PNGs for the store, and the teacher-vs-student report."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: smoke-st-test\nbase: params/smoke/retinanet.yaml\ncells:\n  Teacher: []\n"
+        "  Student: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes, self_train.score_threshold=0.01,"
+        " self_train.store_min_score=0.01, train.batch_size=8]\nseeds: [0]\ncompare: {baseline: Teacher}\n")
+    out = tmp_path / "out"
+    code = (f"import sys; from stlib.cli import main; "
+            f"sys.exit(main(['self-train', {str(spec)!r}, '--quiet', '--outputs', {str(out)!r}]))")
+    proc = run_python(code, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Paired differences" in proc.stdout and "precision" in proc.stdout
+    study = out / "studies" / "smoke-st-test"
+    for f in ("report.md", "results.json", "self_training.md", "self_training.json", "self_train.ipynb"):
+        assert (study / f).is_file(), f
+    rows = json.loads((study / "self_training.json").read_text())
+    teacher = next(r for r in rows if r["cell"] == "Teacher")
+    student = next(r for r in rows if r["cell"] == "Student")
+    assert "diff" in student and student["unlabeled"] == "world:scenes"
+    assert student["pseudo_per_image"] > 0 and student["pseudo_recall"] is not None
+    m = json.loads((out / "runs" / student["run_id"] / "metrics.json").read_text())
+    assert m["pseudo_labels"]["teacher"].endswith(teacher["run_id"])
+    assert m["streams"]["pseudo"]["examples_per_batch"] == 4 and m["streams"]["human"]["examples_per_batch"] == 4
+    store = out / "pseudo_labels" / m["pseudo_labels"]["store"].split("/")[-1]
+    assert json.loads((store / "store.json").read_text())["teacher_run_id"] == teacher["run_id"]
+    for f in ("gallery.png", "quality.png", "class_counts.png", "quality.json", "pseudo_labels.ipynb"):
+        assert (store / "explorer" / f).is_file(), f
+    nb = nbformat.read(study / "self_train.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors

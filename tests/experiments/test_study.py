@@ -115,3 +115,34 @@ def test_the_paper_table2_spec_loads_and_addresses_each_cell():
     from stlib.experiments.inits import InitError, resolve_init
     with pytest.raises(InitError, match="tf_efficientnet_b7.ns_jft_in1k"):
         resolve_init(p)
+
+
+def test_cells_refer_to_the_run_of_another_cell_with_the_same_seed(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: refs\nbase: params/smoke/retinanet.yaml\ncells:\n  Teacher: []\n"
+                    "  Student: [self_train.teacher=@Teacher]\nseeds: [0, 1]\ncompare: {baseline: Teacher}\n")
+    s = st.load_study(spec)
+    for seed in (0, 1):
+        p = st.cell_params(s, "Student", seed, tmp_path)
+        assert p.self_train.teacher == str(st.cell_run_dir(s, "Teacher", seed, tmp_path))
+    assert st._depths(s) == {"Teacher": 0, "Student": 1}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: refs\nbase: params/smoke/retinanet.yaml\ncells:\n  Student: [self_train.teacher=@Teacher]\n"
+                   "  Teacher: []\n")
+    with pytest.raises(cfg.ParamsError, match="before it"):
+        st.load_study(bad)
+    bad.write_text("name: refs\nbase: params/smoke/retinanet.yaml\ncells:\n  A: [self_train.teacher=@Nobody]\n")
+    with pytest.raises(cfg.ParamsError, match="refers to no cell"):
+        st.load_study(bad)
+
+
+def test_paired_differences_are_per_seed():
+    s = st.Study(name="x", base="b", cells={"Teacher": (), "Student": ()}, seeds=(0, 1, 2), metric="AP",
+                 compare={"baseline": "Teacher"})
+    rows = [{"cell": "Teacher", "seed": i, "AP": v} for i, v in enumerate((0.10, 0.20, 0.30))]
+    rows += [{"cell": "Student", "seed": i, "AP": v} for i, v in enumerate((0.13, 0.21, 0.35))]
+    (d,) = st.paired_summary(s, rows)
+    np.testing.assert_allclose(d["diffs"], [0.03, 0.01, 0.05], atol=1e-12)
+    assert d["mean_diff"] == pytest.approx(0.03) and d["std"] == pytest.approx(0.02)
+    assert d["ci95"] == pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-5)
+    assert "Paired differences" in st.report_markdown(s, [{**r, "run_id": "r"} for r in rows])

@@ -213,3 +213,16 @@ def test_a_self_training_run_resumes_exactly(teacher, tmp_path, capsys):
     np.testing.assert_allclose([e["loss"] for e in ta], [e["loss"] for e in tb], rtol=1e-5)
     np.testing.assert_allclose([e["pseudo/loss_avg"] for e in ta], [e["pseudo/loss_avg"] for e in tb], rtol=1e-5)
     assert a["pseudo_labels"]["teacher"].endswith(teacher.name)
+
+
+def test_soft_nms_pseudo_labels_are_their_own_store(teacher, tmp_path):
+    from stlib.pseudo.label import make_pseudo_labels
+    hard = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, max_images=4, progress=False)
+    soft = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, nms="soft_nms", max_images=4, progress=False)
+    assert soft.root != hard.root and soft.meta["nms"] == "soft_nms" and soft.meta["soft_nms_sigma"] == 0.3
+    assert soft.num_images == hard.num_images == 4
+    # both pick the best box first; after it Soft-NMS decays overlapping scores instead of dropping boxes
+    for s_, h in zip(soft.load(), hard.load()):
+        assert s_.scores.max() == pytest.approx(h.scores.max())
+    assert [len(l.boxes) for l in soft.load()] != [len(l.boxes) for l in hard.load()] or any(
+        not np.allclose(a.scores, b.scores) for a, b in zip(soft.load(), hard.load()))
