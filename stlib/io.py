@@ -1,6 +1,7 @@
 """Atomic file writes: a reader never sees a half-written file, an interrupted write leaves the old one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -47,3 +48,60 @@ def write_json_atomic(path, obj) -> None:
 def to_jsonable(obj):
     """Numbers from numpy/jax as Python numbers; NaN as null (JSON has no NaN)."""
     return _jsonable(obj)
+
+
+class RunInProgressError(RuntimeError):
+    """Another live process is training into the same run folder."""
+
+
+def _holder_alive(holder: str) -> bool:
+    """Whether the process named `pid@host` in a lock file still runs (another host: assumed so)."""
+    import socket
+    pid, _, host = holder.partition("@")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_holder(run_dir) -> str | None:
+    """`pid@host` of the live process holding `<run_dir>/run.lock`, or None (no lock, or a stale one)."""
+    path = Path(run_dir) / "run.lock"
+    try:
+        holder = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return holder if holder and _holder_alive(holder) else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Holds `<run_dir>/run.lock` while this process trains into the folder, so two processes
+    never write one run's checkpoints and logs at once (e.g. two studies sharing a run).
+    A lock left by a killed process is taken over; a live holder is a `RunInProgressError`."""
+    import socket
+    path = Path(run_dir) / "run.lock"
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = lock_holder(run_dir)
+            if holder is not None and holder != me:
+                raise RunInProgressError(f"{run_dir} is being trained by process {holder}; wait for it to finish "
+                                         "(or delete run.lock if that process is gone)") from None
+            path.unlink(missing_ok=True)   # stale: its process is gone
+    else:
+        raise RunInProgressError(f"{run_dir}: could not take run.lock")
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

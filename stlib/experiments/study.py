@@ -218,11 +218,15 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
     so students sharing a teacher and a pool do not label it twice."""
     import sys
     from stlib.io import write_text_atomic
+    import time
+    from stlib.io import lock_holder
     outputs = Path(outputs or runs.default_outputs())
     depth = _depths(study)
     for level in sorted(set(depth.values())):
         todo = [r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level]
-        if not todo:
+        busy = [r for r in todo if lock_holder(r["run_dir"])]   # being made by another process (another study)
+        todo = [r for r in todo if r not in busy]
+        if not todo and not busy:
             continue
         stores, train = {}, []
         for r in todo:
@@ -243,6 +247,8 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
                            "--quiet", "--outputs", str(outputs)], run_dir / "run.log"))
         _pool(list(stores.values()), jobs, f"{study.name}: pseudo labels", progress)
         _pool(train, jobs, f"{study.name}: runs (wave {level})", progress)
+        while any(lock_holder(r["run_dir"]) for r in busy):   # runs another process is making
+            time.sleep(5)
 
 
 def results(study: Study, outputs=None, require: bool = True) -> list[dict]:

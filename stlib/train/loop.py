@@ -30,7 +30,7 @@ from stlib.data.pipeline import DetectionData, prefetch
 from stlib.data.sources import build_detection_sources
 from stlib.eval.coco_eval import detections_to_coco, evaluate_coco
 from stlib.eval.postprocess import PostprocessConfig
-from stlib.io import to_jsonable, write_json_atomic, write_text_atomic
+from stlib.io import run_lock, to_jsonable, write_json_atomic, write_text_atomic
 from stlib.models.registry import create_model
 from stlib.train import sharding
 from stlib.train.checkpoints import Checkpoints
@@ -291,10 +291,18 @@ def train_and_evaluate(params: cfg.Params, run_dir, *, progress: bool = True, ex
     """Trains the detector described by `params`, recording into `run_dir`; returns final metrics.
 
     Writes params.yaml, metrics.jsonl (train and eval lines), metrics.json (final),
-    checkpoints/ (latest and best) and tensorboard/ into `run_dir`.
+    checkpoints/ (latest and best) and tensorboard/ into `run_dir`. The main process holds
+    `run_dir/run.lock` meanwhile (`stlib.io.run_lock`): a second process on the same run is refused.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:
+        return _train_and_evaluate(params, run_dir, progress, experiment)
+    with run_lock(run_dir):
+        return _train_and_evaluate(params, run_dir, progress, experiment)
+
+
+def _train_and_evaluate(params: cfg.Params, run_dir: Path, progress: bool, experiment) -> dict:
     p, tp = params, params.train
     is_main = jax.process_index() == 0
     if is_main:
