@@ -73,25 +73,36 @@ def cmd_inits(args) -> int:
     return 0
 
 
-def cmd_study(args) -> int:
+def _run_study_spec(args, notebook: str, parameters: dict, self_training: bool) -> int:
+    """`stlib study` / `stlib self-train`: the spec's missing runs, then its report(s), either in this
+    process (--direct, --jobs) or through `notebooks/<notebook>` (papermill)."""
     from pathlib import Path
     from stlib.experiments import runs, study as st
     spec = st.load_study(args.spec)   # every cell's params checked before any run
     outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
     out_dir = outputs / "studies" / spec.name
-    if args.direct or args.report_only:
-        rows = (st.results(spec, outputs, require=False) if args.report_only
+    if args.direct or getattr(args, "report_only", False):
+        rows = (st.results(spec, outputs, require=False) if getattr(args, "report_only", False)
                 else st.run_study(spec, outputs, progress=not args.quiet, direct=True, jobs=args.jobs))
         st.write_report(spec, rows, out_dir)
+        if self_training:
+            from stlib.experiments.self_training import write_self_training_report
+            write_self_training_report(spec, rows, out_dir)
     else:
         import papermill as pm
         out_dir.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(runs.notebook_path("study.ipynb")), str(out_dir / "study.ipynb"),
+        pm.execute_notebook(str(runs.notebook_path(notebook)), str(out_dir / notebook),
                             parameters={"STUDY_FILE": str(Path(args.spec).resolve()), "OUTPUTS": str(outputs),
-                                        "RUN": True, "DIRECT": False, "PROGRESS": not args.quiet},
+                                        "PROGRESS": not args.quiet, **parameters},
                             cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
     print((out_dir / "report.md").read_text())
+    if self_training:
+        print((out_dir / "self_training.md").read_text())
     return 0
+
+
+def cmd_study(args) -> int:
+    return _run_study_spec(args, "study.ipynb", {"RUN": True, "DIRECT": False}, self_training=False)
 
 
 def cmd_pseudo_label(args) -> int:
@@ -120,26 +131,7 @@ def cmd_pseudo_label(args) -> int:
 
 
 def cmd_self_train(args) -> int:
-    from pathlib import Path
-    from stlib.experiments import runs, study as st
-    spec = st.load_study(args.spec)   # every cell's params checked before any run
-    outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
-    out_dir = outputs / "studies" / spec.name
-    if args.direct:
-        from stlib.experiments.self_training import write_self_training_report
-        rows = st.run_study(spec, outputs, progress=not args.quiet, direct=True, jobs=args.jobs)
-        st.write_report(spec, rows, out_dir)
-        write_self_training_report(spec, rows, out_dir)
-    else:
-        import papermill as pm
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(runs.notebook_path("self_train.ipynb")), str(out_dir / "self_train.ipynb"),
-                            parameters={"STUDY_FILE": str(Path(args.spec).resolve()), "OUTPUTS": str(outputs),
-                                        "PROGRESS": not args.quiet},
-                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
-    print((out_dir / "report.md").read_text())
-    print((out_dir / "self_training.md").read_text())
-    return 0
+    return _run_study_spec(args, "self_train.ipynb", {}, self_training=True)
 
 
 def cmd_world(args) -> int:

@@ -21,3 +21,29 @@ def run_python(code: str, env_extra: dict | None = None, timeout: int = 600):
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def random_pixels(h: int, w: int, seed: int):
+    """uint8 [h, w, 3] random RGB pixels."""
+    import numpy as np
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def png_bytes(array) -> bytes:
+    """`array` encoded as PNG."""
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def notebook_errors(nb) -> list:
+    """The error outputs of an executed notebook (nbformat node)."""
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+
+
+def notebook_images(nb) -> list:
+    """The PNG display outputs of an executed notebook."""
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.output_type == "display_data" and "image/png" in o.get("data", {})]

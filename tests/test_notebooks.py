@@ -3,7 +3,7 @@ import json
 
 import nbformat
 
-from tests.conftest import SMOKE, run_python
+from tests.conftest import SMOKE, notebook_errors, notebook_images, run_python
 
 
 def test_train_notebook_records_the_run(tmp_path):
@@ -27,10 +27,8 @@ def test_train_notebook_records_the_run(tmp_path):
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and str(run / "params.yaml") in injected[0].source
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert not notebook_errors(nb)
+    images = notebook_images(nb)
     assert len(images) >= 2  # curves and predictions
 
 
@@ -52,10 +50,8 @@ def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
     proc = run_python(code)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     nb = nbformat.read(out_nb, as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert not notebook_errors(nb)
+    images = notebook_images(nb)
     assert len(images) == 8  # 4 op groups + 4 policies
     saved = sorted(p.name for p in figures.glob("*.png"))
     assert saved == sorted(["ops-pixel.png", "ops-cutout.png", "ops-geometric.png", "ops-per-box.png",
@@ -169,5 +165,4 @@ def test_self_train_notebook_runs_teacher_pseudo_labels_student(tmp_path):
     for f in ("gallery.png", "quality.png", "class_counts.png", "quality.json", "pseudo_labels.ipynb"):
         assert (store / "explorer" / f).is_file(), f
     nb = nbformat.read(study / "self_train.ipynb", as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    assert not notebook_errors(nb)

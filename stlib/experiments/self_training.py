@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stlib.experiments import study as st
 
 
 def pseudo_quality(store_root, threshold: float, world_scale: str, world_seed: int) -> dict:

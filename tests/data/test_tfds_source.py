@@ -8,12 +8,10 @@ feature spec, which exercises the same encode/decode path as a prepared dataset.
 """
 
 import dataclasses
-import io
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -23,14 +21,7 @@ from stlib.data.coco import STAT_KEYS, CocoSource, CorruptImageError, DataError,
 from stlib.data.tfds_source import COCO_2017_CATEGORIES, TfdsCocoSource  # noqa: E402
 
 
-def _pixels(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _png(array):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.conftest import png_bytes as _png, random_pixels as _pixels  # noqa: E402
 
 
 def _objects(rows):

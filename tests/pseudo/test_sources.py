@@ -12,14 +12,7 @@ from stlib.data.coco import CorruptImageError, DataError
 from stlib.pseudo.sources import FolderSource, TfdsImageSource, WorldPoolSource, parse_unlabeled
 
 
-def _pixels(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _png(array):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.conftest import png_bytes as _png, random_pixels as _pixels  # noqa: E402
 
 
 # relative path -> (height, width, seed); a corrupt one is added separately

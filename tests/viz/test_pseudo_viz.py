@@ -107,15 +107,6 @@ def test_threshold_explorer_redraws(images, labels, gt, monkeypatch):
     assert no_gt.last_stats["pseudo_boxes"] == 2 and "precision" not in no_gt.last_stats
 
 
-def _store_importable() -> bool:
-    try:
-        import stlib.pseudo.store  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not _store_importable(), reason="stlib.pseudo.store not available")
 def test_pseudo_labels_notebook_on_a_fabricated_store(tmp_path):
     """The explorer notebook end to end through papermill, on pseudo labels made from the smoke
     world's hidden ground truth (jittered, with a few false boxes), world:scenes."""
@@ -123,7 +114,7 @@ def test_pseudo_labels_notebook_on_a_fabricated_store(tmp_path):
 
     from stlib.data.world import ensure_world
     from stlib.pseudo.store import PseudoLabelStore
-    from tests.conftest import REPO, run_python
+    from tests.conftest import REPO, notebook_errors, notebook_images, run_python
 
     root = ensure_world("smoke", 0, progress=False)
     gt = json.loads((root / "hidden" / "scenes.json").read_text())
@@ -168,10 +159,8 @@ def test_pseudo_labels_notebook_on_a_fabricated_store(tmp_path):
     proc = run_python(code)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     nb = nbformat.read(out_nb, as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert not notebook_errors(nb)
+    images = notebook_images(nb)
     assert len(images) >= 5
     saved = sorted(p.name for p in out_dir.glob("*.png"))
     assert saved == sorted(pv.FIGURE_FILES.values())
