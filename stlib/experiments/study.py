@@ -143,15 +143,31 @@ def cell_params(study: Study, label: str, seed: int, outputs=None, resolve: bool
     return resolve_init(p, outputs, require=False) if resolve else p
 
 
+def _referenced(study: Study) -> set:
+    """Cells another cell names with `@Cell` (their runs are used as teachers, so need checkpoints)."""
+    return {o.split("=", 1)[1].strip()[1:] for ov in study.cells.values() for o in ov
+            if "=" in o and o.split("=", 1)[1].strip().startswith("@")}
+
+
+def _has_best_checkpoint(run_dir: Path) -> bool:
+    best = run_dir / "checkpoints" / "best"
+    return best.is_dir() and any(c.name.isdigit() for c in best.iterdir())
+
+
 def plan(study: Study, outputs=None) -> list[dict]:
-    """One row per (cell, seed): its run folder and whether it is complete."""
+    """One row per (cell, seed): its run folder and whether it is complete. A run another cell
+    refers to (a teacher) is complete only with its checkpoint: a fresh clone has the recorded
+    metrics but no checkpoints (git keeps none), so its teachers are made again."""
     rows = []
+    referenced = _referenced(study)
     for label in study.cells:
         for seed in study.seeds:
             p = cell_params(study, label, seed, outputs)
             run_dir = runs.resolve_run_dir(p, outputs=outputs)
             m = run_dir / "metrics.json"
             done = m.is_file() and json.loads(m.read_text()).get("status") == "complete"
+            if done and label in referenced:
+                done = _has_best_checkpoint(run_dir)
             rows.append({"cell": label, "seed": seed, "run_id": run_dir.name, "run_dir": str(run_dir),
                          "complete": done})
     return rows

@@ -146,3 +146,18 @@ def test_paired_differences_are_per_seed():
     assert d["mean_diff"] == pytest.approx(0.03) and d["std"] == pytest.approx(0.02)
     assert d["ci95"] == pytest.approx(4.302653 * 0.02 / np.sqrt(3), rel=1e-5)
     assert "Paired differences" in st.report_markdown(s, [{**r, "run_id": "r"} for r in rows])
+
+
+def test_a_referenced_run_without_its_checkpoint_is_made_again(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: refs\nbase: params/smoke/retinanet.yaml\ncells:\n  Teacher: []\n  Other: [train.steps=7]\n"
+                    "  Student: [self_train.teacher=@Teacher]\nseeds: [0]\n")
+    s = st.load_study(spec)
+    for label in ("Teacher", "Other"):
+        d = st.cell_run_dir(s, label, 0, tmp_path)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"status": "complete"}))
+    done = {r["cell"]: r["complete"] for r in st.plan(s, tmp_path)}
+    assert done == {"Teacher": False, "Other": True, "Student": False}   # a clone: metrics, no checkpoint
+    (st.cell_run_dir(s, "Teacher", 0, tmp_path) / "checkpoints" / "best" / "6").mkdir(parents=True)
+    assert {r["cell"]: r["complete"] for r in st.plan(s, tmp_path)}["Teacher"]

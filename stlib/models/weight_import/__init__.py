@@ -28,6 +28,8 @@ source's zero.
 """
 from __future__ import annotations
 
+import jax
+
 import datetime
 import hashlib
 import json
@@ -388,8 +390,16 @@ def import_weights(arch: str, source, out_dir, *, fmt: str | None = None, input_
 
 
 def _restore_tree(directory: Path) -> dict:
+    """The saved tree as host numpy arrays, whatever device topology saved it (a checkpoint
+    made on a 2-device CPU mesh loads on one GPU, and the other way round)."""
+    import numpy as np
     import orbax.checkpoint as ocp
-    return ocp.StandardCheckpointer().restore(directory)
+    ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(directory)
+    tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ckptr.restore(directory, restore_args=restore_args)
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
