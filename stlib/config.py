@@ -220,6 +220,9 @@ class SelfTrainParams:
     # Boxes down to this score are kept in the pseudo-label store (our choice), so quality
     # can be measured and explored below the training threshold without labelling again.
     store_min_score: float = 0.1
+    # Our addition (0 = off, the paper's rule): pseudo boxes scoring in [ignore_threshold,
+    # score_threshold) become ignore regions instead of background (stlib.pseudo.data).
+    ignore_threshold: float = _added(0.0)
     nms: str = "nms"                    # the teacher's post-processing for pseudo boxes: nms | soft_nms (sigma: postprocess.soft_nms_sigma)
     pseudo_ratio: float = 1.0           # pseudo examples per human example: Sec. 3.2 batch 512 = 256 COCO + 256 pseudo
     alpha: float = 1.0                  # Appendix B: weight of the pseudo loss
@@ -413,6 +416,9 @@ def validate(p: Params) -> None:
     need(0.0 < st.score_threshold < 1.0, f"self_train.score_threshold must be in (0, 1), got {st.score_threshold}")
     need(0.0 < st.store_min_score <= st.score_threshold,
          f"self_train.store_min_score must be in (0, score_threshold={st.score_threshold}], got {st.store_min_score}")
+    need(st.ignore_threshold == 0 or st.store_min_score <= st.ignore_threshold < st.score_threshold,
+         f"self_train.ignore_threshold must be 0 (off) or in [store_min_score={st.store_min_score}, "
+         f"score_threshold={st.score_threshold}), got {st.ignore_threshold}")
     need(st.pseudo_ratio > 0 and st.joint_ratio > 0,
          f"self_train.pseudo_ratio and joint_ratio must be > 0, got {st.pseudo_ratio}, {st.joint_ratio}")
     need(st.alpha >= 0 and st.joint_alpha >= 0,

@@ -185,7 +185,9 @@ def assign_targets(
     Args:
       anchors: ``[A, 4]``.
       gt_boxes: ``[M, 4]`` padded ground-truth boxes.
-      gt_classes: ``[M]`` int32 class ids in ``1..K``.
+      gt_classes: ``[M]`` int32 class ids in ``1..K``; a negative class marks an *ignore box*
+        (self-training's uncertain pseudo boxes): anchors it matches are ignored, neither
+        positive nor negative.
       gt_valid: ``[M]`` bool, False for padding.
       match_threshold, unmatched_threshold, force_match: see
         :func:`match_anchors` (REFERENCE §4.2 defaults).
@@ -216,7 +218,9 @@ def assign_targets(
     else:
         matched_classes = gt_classes[safe_idx]
         matched_boxes = gt_boxes[safe_idx]
-    cls_targets = jnp.where(positive, matched_classes, jnp.where(match_type == IGNORED, -1, 0))
+    ignore_box = positive & (matched_classes < 0)
+    positive = positive & ~ignore_box
+    cls_targets = jnp.where(positive, matched_classes, jnp.where((match_type == IGNORED) | ignore_box, -1, 0))
     box_targets = jnp.where(positive[:, None], encode_boxes(matched_boxes, anchors), 0.0)
     return {
         "cls_targets": cls_targets.astype(jnp.int32),

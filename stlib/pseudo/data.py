@@ -1,6 +1,8 @@
 """Pseudo-labeled images as a detection source: what the student's pseudo stream trains on."""
 from __future__ import annotations
 
+import numpy as np
+
 from stlib.data.coco import CorruptImageError, DetectionRecord, DetectionSource
 
 
@@ -11,21 +13,33 @@ class PseudoLabeledSource(DetectionSource):
     Images the labeller skipped are left out (counted as `images_skipped`); images with no
     box above the threshold stay in as all-background examples (counted by
     `images_without_boxes`). `records[i].image_id` is the source index + 1.
+
+    With `ignore_threshold` > 0, boxes scoring in [ignore_threshold, threshold) follow the
+    positives as *ignore boxes* (class -1): the anchors they match are neither positive nor
+    negative, so an object the teacher half-saw is not taught as background (the detection
+    twin of the paper's segmentation rule, where pixels below 0.5 get the ignore label).
     """
 
-    def __init__(self, store, source, threshold: float):
-        labels = store.load(min_score=threshold)
+    def __init__(self, store, source, threshold: float, ignore_threshold: float = 0.0):
+        labels = store.load(min_score=min(threshold, ignore_threshold) if ignore_threshold > 0 else threshold)
         kept = [l for l in labels if not l.skipped]
         self.unlabeled = source
         self.threshold = float(threshold)
+        self.ignore_threshold = float(ignore_threshold)
         self._source_index = [l.index for l in kept]
-        records = [DetectionRecord(image_id=l.index + 1, height=l.height, width=l.width, boxes=l.boxes,
-                                   classes=l.classes, file_name=l.key) for l in kept]
+        records = []
+        for l in kept:
+            sure = l.scores >= threshold
+            order = np.concatenate([np.flatnonzero(sure), np.flatnonzero(~sure)])   # ignore boxes last
+            classes = np.where(sure, l.classes, -1)[order].astype(np.int32)
+            records.append(DetectionRecord(image_id=l.index + 1, height=l.height, width=l.width,
+                                           boxes=l.boxes[order], classes=classes, file_name=l.key))
         cats = [dict(c) for c in store.categories]
         super().__init__(name=f"pseudo:{store.meta.get('source')}", categories=cats, records=records,
                          image_stats={}, gt_dataset={"images": [], "annotations": [], "categories": cats},
                          source_stats={"images_skipped": len(labels) - len(kept),
-                                       "pseudo_boxes": int(sum(len(l.boxes) for l in kept))})
+                                       "pseudo_boxes": int(sum(int((r.classes > 0).sum()) for r in records)),
+                                       "ignore_boxes": int(sum(int((r.classes < 0).sum()) for r in records))})
 
     def load_image(self, index: int):
         r = self.records[index]

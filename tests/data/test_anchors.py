@@ -222,3 +222,19 @@ def test_assign_targets_batched():
         np.testing.assert_allclose(out["box_targets"][b], ref_box, rtol=1e-6, atol=1e-6)
         assert np.all(np.isfinite(out["box_targets"][b]))
     assert not np.any(out["positive"][2])
+
+
+def test_a_negative_class_marks_an_ignore_box():
+    """Self-training's uncertain pseudo boxes (class < 0): the anchors they match are ignored,
+    neither positive nor background; a real box next to them is unaffected."""
+    anchors = A.generate_anchors((64, 64), A.AnchorConfig(3, 4, 1, (1.0,), 4.0))
+    boxes = jnp.array([[0.0, 0.0, 32.0, 32.0], [32.0, 32.0, 64.0, 64.0], [0, 0, 0, 0]], jnp.float32)
+    valid = jnp.array([True, True, False])
+    real = A.assign_targets(anchors, boxes, jnp.array([3, 5, 0]), valid)
+    ign = A.assign_targets(anchors, boxes, jnp.array([3, -1, 0]), valid)
+    hits_second = real["positive"] & (real["cls_targets"] == 5)
+    assert int(hits_second.sum()) > 0
+    assert bool(jnp.all(ign["cls_targets"][hits_second] == -1)) and not bool(jnp.any(ign["positive"][hits_second]))
+    keep = ~hits_second
+    np.testing.assert_array_equal(ign["cls_targets"][keep], real["cls_targets"][keep])
+    np.testing.assert_array_equal(ign["box_targets"][hits_second], 0.0)

@@ -226,3 +226,23 @@ def test_soft_nms_pseudo_labels_are_their_own_store(teacher, tmp_path):
         assert s_.scores.max() == pytest.approx(h.scores.max())
     assert [len(l.boxes) for l in soft.load()] != [len(l.boxes) for l in hard.load()] or any(
         not np.allclose(a.scores, b.scores) for a, b in zip(soft.load(), hard.load()))
+
+
+def test_uncertain_pseudo_boxes_become_ignore_boxes(teacher):
+    from stlib.pseudo.data import PseudoLabeledSource
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.sources import parse_unlabeled
+    store = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, progress=False)
+    src = parse_unlabeled("world:scenes", "smoke", 0)
+    scores = np.concatenate([l.scores for l in store.load()])
+    mid = float(np.median(scores))
+    plain = PseudoLabeledSource(store, src, mid)
+    banded = PseudoLabeledSource(store, src, mid, ignore_threshold=0.01)
+    for a, b, l in zip(plain.records, banded.records, store.load()):
+        n_sure, n_band = int((l.scores >= mid).sum()), int(((l.scores >= 0.01) & (l.scores < mid)).sum())
+        assert (b.classes > 0).sum() == n_sure and (b.classes < 0).sum() == n_band
+        np.testing.assert_array_equal(b.classes[:n_sure], a.classes)      # positives first, as without the band
+        assert np.all(b.classes[n_sure:] == -1)
+    assert banded.stats["ignore_boxes"] > 0 and plain.stats["ignore_boxes"] == 0
+    with pytest.raises(cfg.ParamsError, match="ignore_threshold"):
+        cfg.load_params(SMOKE, ["self_train.ignore_threshold=0.05", "self_train.store_min_score=0.1"])
