@@ -87,7 +87,7 @@ def self_training_markdown(study, rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in srows:
         lines.append(f"| {r['cell']} | {r['seed']} | {_f(r.get(study.metric))} | {_f(r.get('diff'), '{:+.4f}')} | "
-                     f"{r.get('unlabeled', '')} | {_f(r.get('pseudo_per_image'), '{:.2f}')} | "
+                     f"{r.get('unlabeled', '')} | {_f(r.get('pseudo_per_image'), '{:.3f}')} | "
                      f"{_f(r.get('true_per_image'), '{:.2f}')} | {_f(r.get('pseudo_precision'), '{:.3f}')} | "
                      f"{_f(r.get('pseudo_recall'), '{:.3f}')} | "
                      + (" / ".join(_f(r.get(k), '{:.3f}') for k in ("objects_with_box", "objects_top_correct",

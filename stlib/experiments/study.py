@@ -17,7 +17,9 @@ of its runs, cells (a label and that cell's overrides) and seeds:
 
 Each (cell, seed) is an ordinary run addressed by its resolved params, so a run another
 study (or a person) already made is found in `outputs/runs/` and not made again, and an
-interrupted study resumes where it stopped. `summarize` gives each cell's mean, spread
+interrupted study resumes where it stopped. A cell override `key=@Other` names the run
+folder of cell `Other` with the same seed (a self-training student names its teacher), and
+`compare: {baseline: Other}` reports every cell minus that cell, seed by seed. `summarize` gives each cell's mean, spread
 and a 95% t confidence interval over seeds; `convergence_summary` the steps to a fraction
 of the final metric and the speed-up over the baseline cell, seed by seed.
 """
