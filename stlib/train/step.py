@@ -37,14 +37,17 @@ def train_step(state, batch, *, model, tx, anchors, params, mesh=None, classifie
 
     `batch` is {stream: batch} (`stlib.data.mixture.Mixture`): "human" (labeled detection),
     optionally "pseudo" (the teacher's pseudo boxes, Sec. 3.2) and "classification" (joint
-    training, Sec. 5; needs `classifier`, the `(backbone, head)` modules of `JointClassifier`).
+    training, Sec. 5; needs `classifier`, a `stlib.train.joint.JointClassifier`).
     The detection streams are augmented and run through the detector as one batch, so
     BatchNorm statistics cover all of them (synchronous BN over the paper's 256 + 256);
     each stream's loss is its own RetinaNet loss (normalized by its own positives), and the
     streams are combined by `losses.combine_stream_losses` (Appendix B), with the moving
     averages kept in `state.loss_avg`. With the human stream alone this is plain supervised
-    training. Returns (new_state, metrics).
+    training; a plain detection batch (no stream names) is taken as the human stream.
+    Returns (new_state, metrics).
     """
+    if "image" in batch:
+        batch = {"human": batch}
     rng = jax.random.fold_in(state.rng, state.step)
     names = [n for n in DETECTION_STREAMS if n in batch]
     det = augment_batch(rng, _concat([batch[n] for n in names]), params.augment, mesh=mesh)

@@ -32,7 +32,7 @@ print("OK")
 def test_a_two_device_checkpoint_loads_on_one_device(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    p = run_python(SAVE.format(run=str(run)), {"STLIB_HOST_DEVICES": "2"})
+    p = run_python(SAVE.format(run=str(run)), {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     assert p.returncode == 0, p.stderr[-3000:]
-    p = run_python(LOAD.format(run=str(run)), {"STLIB_HOST_DEVICES": "1"})
+    p = run_python(LOAD.format(run=str(run)), {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr[-3000:]
