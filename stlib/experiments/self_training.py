@@ -130,8 +130,17 @@ def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
     `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook)."""
     import papermill as pm
     from stlib.experiments import runs
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.store import PseudoLabelStore
+    from stlib.pseudo.teacher import REPO_ROOT
     done = []
     for store, threshold, scale, seed in student_stores(rows):
+        st = PseudoLabelStore.open(store)
+        if not st.complete:   # a fresh clone keeps store.json but not the shards: label again
+            m = st.meta
+            teacher = m["teacher"] if Path(m["teacher"]).is_absolute() else REPO_ROOT / m["teacher"]
+            make_pseudo_labels(teacher, m["source"], min_score=m["min_score"], nms=m["nms"],
+                               max_images=m.get("max_images", 0), store_dir=store, shard_size=st.shard_size)
         out = store / "explorer"
         out.mkdir(parents=True, exist_ok=True)
         pm.execute_notebook(str(runs.notebook_path("pseudo_labels.ipynb")), str(out / "pseudo_labels.ipynb"),
