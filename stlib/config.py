@@ -223,6 +223,12 @@ class SelfTrainParams:
     # Our addition (0 = off, the paper's rule): pseudo boxes scoring in [ignore_threshold,
     # score_threshold) become ignore regions instead of background (stlib.pseudo.data).
     ignore_threshold: float = _added(0.0)
+    # Our addition (hard = the paper's rule): soft makes each kept pseudo box a target of its
+    # score instead of 1 (an anchor takes, per class, the best score of the boxes it matches;
+    # focal loss with soft targets, box loss weighted by the score), so with a low
+    # score_threshold an object the teacher half-saw is taught as half an object, not as
+    # background. Needs data.max_boxes >= the kept boxes per image (truncation is counted).
+    targets: str = _added("hard")
     nms: str = "nms"                    # the teacher's post-processing for pseudo boxes: nms | soft_nms (sigma: postprocess.soft_nms_sigma)
     pseudo_ratio: float = 1.0           # pseudo examples per human example: Sec. 3.2 batch 512 = 256 COCO + 256 pseudo
     alpha: float = 1.0                  # Appendix B: weight of the pseudo loss
@@ -424,6 +430,7 @@ def validate(p: Params) -> None:
     need(st.alpha >= 0 and st.joint_alpha >= 0,
          f"self_train.alpha and joint_alpha must be >= 0, got {st.alpha}, {st.joint_alpha}")
     need(0.0 <= st.norm_momentum < 1.0, f"self_train.norm_momentum must be in [0, 1), got {st.norm_momentum}")
+    need(st.targets in ("hard", "soft"), f"self_train.targets must be hard|soft, got {st.targets!r}")
     need(st.student_init in ("teacher", "scratch"),
          f"self_train.student_init must be teacher|scratch, got {st.student_init!r}")
     need(st.max_images >= 0, f"self_train.max_images must be >= 0, got {st.max_images}")

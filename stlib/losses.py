@@ -30,6 +30,20 @@ def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
     return alpha_t * (1.0 - p_t) ** gamma * ce
 
 
+def soft_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
+    """Focal loss for soft targets in [0, 1] (soft pseudo labels, ``self_train.targets: soft``).
+
+    ``alpha_t * |target - p|^gamma * CE(p, target)``, with alpha_t interpolated like the
+    target. For targets in {0, 1} this is :func:`focal_loss` (|t - p| = 1 - p_t); for a soft
+    target the modulating factor vanishes at p = target, so the loss is minimal there (the
+    quality focal loss of Li et al. 2020, with RetinaNet's alpha).
+    """
+    p = jax.nn.sigmoid(logits)
+    ce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
+    return alpha_t * jnp.abs(targets - p) ** gamma * ce
+
+
 def huber_loss(pred, target, delta: float = 0.1):
     """Elementwise Huber loss: 0.5 x^2 for |x| <= delta, delta (|x| - 0.5 delta) beyond."""
     x = jnp.abs(pred - target)
@@ -63,6 +77,35 @@ def detection_loss(cls_logits, box_preds, cls_targets, box_targets, num_classes:
     box_loss = jnp.sum(box * positive[..., None]) / (4.0 * normalizer)
     total = cls_loss + box_loss_weight * box_loss
     return total, {"cls_loss": cls_loss, "box_loss": box_loss, "num_positives": normalizer - 1.0}
+
+
+def soft_detection_loss(cls_logits, box_preds, cls_targets, not_ignored, box_targets, box_weight,
+                        focal_alpha=0.25, focal_gamma=1.5, huber_delta=0.1, box_loss_weight=50.0,
+                        example_weight=None):
+    """:func:`detection_loss` with soft targets (`stlib.data.anchors.assign_soft_targets`).
+
+    Args:
+      cls_targets: [B, A, K] float32 soft per-class targets.
+      not_ignored: [B, A] bool, the classification loss mask.
+      box_targets: [B, A, 4]; box_weight: [B, A] (the matched box's score on positives, 0 elsewhere).
+    The normalizer is the summed box weight + 1 (the number of positives + 1 when every
+    weight is 1), so a batch of unsure boxes does not count as many sure ones.
+    Returns (total, {"cls_loss", "box_loss", "num_positives", "soft_positives"}).
+    """
+    if example_weight is None:
+        example_weight = jnp.ones(box_weight.shape[:1], jnp.float32)
+    ew = example_weight[:, None]
+    weight = box_weight * ew
+    mask = not_ignored.astype(jnp.float32) * ew
+    normalizer = jnp.sum(weight) + 1.0
+    cls = soft_focal_loss(cls_logits, cls_targets, focal_alpha, focal_gamma)
+    cls_loss = jnp.sum(cls * mask[..., None]) / normalizer
+    box = huber_loss(box_preds, box_targets, huber_delta)
+    box_loss = jnp.sum(box * weight[..., None]) / (4.0 * normalizer)
+    total = cls_loss + box_loss_weight * box_loss
+    return total, {"cls_loss": cls_loss, "box_loss": box_loss,
+                   "num_positives": jnp.sum((box_weight > 0).astype(jnp.float32) * ew),
+                   "soft_positives": normalizer - 1.0}
 
 
 def update_loss_averages(averages: dict, stream_losses: dict, momentum: float) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -227,3 +228,68 @@ def assign_targets(
         "box_targets": box_targets.astype(jnp.float32),
         "positive": positive,
     }
+
+
+def assign_soft_targets(
+    anchors: jnp.ndarray,
+    gt_boxes: jnp.ndarray,
+    gt_classes: jnp.ndarray,
+    gt_scores: jnp.ndarray,
+    gt_valid: jnp.ndarray,
+    num_classes: int,
+    match_threshold: float = 0.5,
+    unmatched_threshold: float = 0.5,
+    force_match: bool = True,
+) -> dict:
+    """Soft RetinaNet targets for one pseudo-labeled image (``self_train.targets: soft``).
+
+    Matching is :func:`assign_targets`'s (positives, negatives, ignored anchors, ignore
+    boxes, forced matches); what changes is the target value. A positive anchor's target for
+    class ``k`` is the best score among the boxes of class ``k`` it matches at IoU >=
+    ``match_threshold`` (so an object the teacher gave two classes keeps both as partial
+    targets), and at least its matched box's score for that box's class. Negatives are 0.
+    With every score 1 and one class per object these are :func:`assign_targets`'s one-hot
+    targets.
+
+    Args:
+      gt_scores: ``[M]`` float32, each box's score (the teacher's).
+      others: as :func:`assign_targets`.
+
+    Returns a dict:
+      ``cls_targets [A, K] float32`` soft per-class targets;
+      ``not_ignored [A] bool`` (the classification loss mask);
+      ``box_targets [A, 4]`` encoded matched box, zeros where not positive;
+      ``box_weight [A] float32``: the matched box's score on positives, else 0;
+      ``positive [A] bool``.
+    """
+    gt_classes = jnp.asarray(gt_classes, jnp.int32)
+    gt_scores = jnp.asarray(gt_scores, jnp.float32)
+    gt_valid = jnp.asarray(gt_valid, bool)
+    num_gt = gt_boxes.shape[0]
+    num_anchors = jnp.asarray(anchors).shape[0]
+    # Match with each box's index as its "class": ignore boxes keep a negative class.
+    index_classes = jnp.where(gt_classes > 0, jnp.arange(1, num_gt + 1, dtype=jnp.int32), -1)
+    hard = assign_targets(anchors, gt_boxes, index_classes, gt_valid, match_threshold, unmatched_threshold,
+                          force_match)
+    positive = hard["positive"]
+    if num_gt == 0:
+        zeros = jnp.zeros((num_anchors,), jnp.float32)
+        return {"cls_targets": jnp.zeros((num_anchors, num_classes), jnp.float32),
+                "not_ignored": hard["cls_targets"] >= 0, "box_targets": hard["box_targets"],
+                "box_weight": zeros, "positive": positive}
+    matched = jnp.maximum(hard["cls_targets"] - 1, 0)
+    matched_score = jnp.where(positive, gt_scores[matched], 0.0)
+    matched_onehot = jax.nn.one_hot(gt_classes[matched] - 1, num_classes, dtype=jnp.float32)   # [A, K]
+    # Per class, the best score of the sure boxes an anchor overlaps at >= match_threshold:
+    # a segment max over boxes (memory M x A, not M x A x K).
+    hit = (pairwise_iou(gt_boxes, jnp.asarray(anchors, jnp.float32)) >= match_threshold) \
+        & gt_valid[:, None] & (gt_classes > 0)[:, None]                                          # [M, A]
+    values = jnp.where(hit, gt_scores[:, None], 0.0)
+    per_class = jax.ops.segment_max(values, jnp.clip(gt_classes, 0, num_classes), num_segments=num_classes + 1)
+    per_class = jnp.maximum(per_class[1:], 0.0).T                                                # [A, K]
+    soft = jnp.maximum(per_class, matched_score[:, None] * matched_onehot)
+    return {"cls_targets": jnp.where(positive[:, None], soft, 0.0),
+            "not_ignored": hard["cls_targets"] >= 0,
+            "box_targets": hard["box_targets"],
+            "box_weight": matched_score,
+            "positive": positive}

@@ -94,6 +94,7 @@ class DetectionRecord:
     classes: np.ndarray
     file_name: str | None = None
     mask_file: str | None = None
+    scores: np.ndarray | None = None   # soft pseudo labels: each box's target value (None = 1, human labels)
 
 
 def decode_image(data: str | bytes, where: str) -> np.ndarray:

@@ -159,6 +159,10 @@ class DetectionData(IndexedBatches):
         ex = {"image": canvas, "image_hw": np.array(img.shape[:2], np.int32), "boxes": boxes,
               "classes": classes, "valid": valid, "image_id": np.int64(rec.image_id),
               "scale": np.float32(scale), "example_valid": np.bool_(True)}
+        if rec.scores is not None:   # soft pseudo labels (stlib.pseudo.data): each box's target value
+            scores = np.zeros((m,), np.float32)
+            scores[:n] = rec.scores[:n]
+            ex["scores"] = scores
         if self.with_masks and rec.mask_file:
             mask = np.full((s, s), 255, np.uint8)
             sem = np.asarray(Image.open(rec.mask_file).resize(img.shape[1::-1], Image.NEAREST))

@@ -18,22 +18,30 @@ class PseudoLabeledSource(DetectionSource):
     positives as *ignore boxes* (class -1): the anchors they match are neither positive nor
     negative, so an object the teacher half-saw is not taught as background (the detection
     twin of the paper's segmentation rule, where pixels below 0.5 get the ignore label).
+
+    With `soft`, every record also carries its boxes' scores (`DetectionRecord.scores`): the
+    student's targets are the teacher's scores instead of 1 (`self_train.targets: soft`).
+    Boxes are ordered by descending score, so a `max_boxes` truncation drops the least sure.
     """
 
-    def __init__(self, store, source, threshold: float, ignore_threshold: float = 0.0):
+    def __init__(self, store, source, threshold: float, ignore_threshold: float = 0.0, soft: bool = False):
         labels = store.load(min_score=min(threshold, ignore_threshold) if ignore_threshold > 0 else threshold)
         kept = [l for l in labels if not l.skipped]
         self.unlabeled = source
         self.threshold = float(threshold)
         self.ignore_threshold = float(ignore_threshold)
+        self.soft = bool(soft)
         self._source_index = [l.index for l in kept]
         records = []
         for l in kept:
             sure = l.scores >= threshold
-            order = np.concatenate([np.flatnonzero(sure), np.flatnonzero(~sure)])   # ignore boxes last
+            # soft: by descending score (hard keeps the store's order, as recorded runs were made)
+            by_score = np.argsort(-l.scores, kind="stable") if soft else np.arange(len(l.scores))
+            order = np.concatenate([by_score[sure[by_score]], by_score[~sure[by_score]]])   # ignore boxes last
             classes = np.where(sure, l.classes, -1)[order].astype(np.int32)
             records.append(DetectionRecord(image_id=l.index + 1, height=l.height, width=l.width,
-                                           boxes=l.boxes[order], classes=classes, file_name=l.key))
+                                           boxes=l.boxes[order], classes=classes, file_name=l.key,
+                                           scores=l.scores[order].astype(np.float32) if soft else None))
         cats = [dict(c) for c in store.categories]
         super().__init__(name=f"pseudo:{store.meta.get('source')}", categories=cats, records=records,
                          image_stats={}, gt_dataset={"images": [], "annotations": [], "categories": cats},

@@ -196,8 +196,8 @@ class Experiment:
         self.pseudo_store = make_pseudo_labels(teacher.dir, st.unlabeled, min_score=st.store_min_score, nms=st.nms,
                                                max_images=st.max_images, progress=self.progress)
         source = parse_unlabeled(st.unlabeled, tp.data.world_scale, tp.data.world_seed, tp.data.tfds_data_dir)
-        return DetectionData(PseudoLabeledSource(self.pseudo_store, source, st.score_threshold,
-                                                 st.ignore_threshold), p.data.image_size, p.data.max_boxes)
+        return DetectionData(PseudoLabeledSource(self.pseudo_store, source, st.score_threshold, st.ignore_threshold,
+                                                 soft=st.targets == "soft"), p.data.image_size, p.data.max_boxes)
 
     def _classification_stream(self):
         """Joint training's stream: the classification set with its labels (the world's at smoke/mini scale)."""

@@ -13,7 +13,7 @@ import optax
 
 from stlib import losses
 from stlib.augment import augment_batch, prepare_eval_batch
-from stlib.data.anchors import assign_targets, flatten_level_outputs
+from stlib.data.anchors import assign_soft_targets, assign_targets, flatten_level_outputs
 from stlib.eval.postprocess import postprocess
 
 
@@ -21,6 +21,13 @@ def compute_targets(batch, anchors, loss_params):
     fn = functools.partial(assign_targets, anchors, match_threshold=loss_params.match_threshold,
                            unmatched_threshold=loss_params.unmatched_threshold)
     return jax.vmap(fn)(batch["boxes"], batch["classes"], batch["valid"])
+
+
+def compute_soft_targets(batch, anchors, loss_params, num_classes: int):
+    fn = functools.partial(assign_soft_targets, anchors, num_classes=num_classes,
+                           match_threshold=loss_params.match_threshold,
+                           unmatched_threshold=loss_params.unmatched_threshold)
+    return jax.vmap(fn)(batch["boxes"], batch["classes"], batch["scores"], batch["valid"])
 
 
 DETECTION_STREAMS = ("human", "pseudo")   # detection streams, in the order they are concatenated
@@ -50,6 +57,10 @@ def train_step(state, batch, *, model, tx, anchors, params, mesh=None, classifie
         batch = {"human": batch}
     rng = jax.random.fold_in(state.rng, state.step)
     names = [n for n in DETECTION_STREAMS if n in batch]
+    soft_names = [n for n in names if "scores" in batch[n]]   # soft pseudo labels (self_train.targets: soft)
+    if soft_names:   # the other streams' boxes count fully; their loss stays the hard one
+        batch = {n: (b if n not in names or "scores" in b else {**b, "scores": b["valid"].astype(jnp.float32)})
+                 for n, b in batch.items()}
     det = augment_batch(rng, _concat([batch[n] for n in names]), params.augment, mesh=mesh)
     dropout_rng = jax.random.fold_in(rng, 1)   # drop-connect / dropout of backbones that have them
     targets = compute_targets(det, anchors, params.loss)
@@ -57,6 +68,13 @@ def train_step(state, batch, *, model, tx, anchors, params, mesh=None, classifie
     weight = det["example_valid"].astype(jnp.float32)
     sizes = [batch[n]["image"].shape[0] for n in names]
     st, lp = params.self_train, params.loss
+    soft_targets = {}
+    start = 0
+    for name, n in zip(names, sizes):
+        if name in soft_names:
+            soft_targets[name] = compute_soft_targets({k: det[k][start:start + n] for k in ("boxes", "classes", "scores", "valid")},
+                                                      anchors, lp, num_classes)
+        start += n
     cls_batch = batch.get("classification")
     if cls_batch is not None:
         from stlib.augment.classification import augment_classification
@@ -79,6 +97,14 @@ def train_step(state, batch, *, model, tx, anchors, params, mesh=None, classifie
         for name, n in zip(names, sizes):
             sl = slice(start, start + n)
             start += n
+            if name in soft_targets:
+                t = soft_targets[name]
+                loss, a = losses.soft_detection_loss(cls[sl], box[sl], t["cls_targets"], t["not_ignored"], t["box_targets"],
+                                                     t["box_weight"], lp.focal_alpha, lp.focal_gamma, lp.huber_delta,
+                                                     lp.box_loss_weight, example_weight=weight[sl])
+                stream_losses[name] = loss
+                aux[name] = a
+                continue
             loss, a = losses.detection_loss(cls[sl], box[sl], targets["cls_targets"][sl], targets["box_targets"][sl],
                                             num_classes, lp.focal_alpha, lp.focal_gamma, lp.huber_delta,
                                             lp.box_loss_weight, example_weight=weight[sl])

@@ -246,3 +246,92 @@ def test_uncertain_pseudo_boxes_become_ignore_boxes(teacher):
     assert banded.stats["ignore_boxes"] > 0 and plain.stats["ignore_boxes"] == 0
     with pytest.raises(cfg.ParamsError, match="ignore_threshold"):
         cfg.load_params(SMOKE, ["self_train.ignore_threshold=0.05", "self_train.store_min_score=0.1"])
+
+
+# ---------------------------------------------------------------- soft pseudo labels (our addition)
+
+def test_soft_focal_loss_is_focal_loss_on_hard_targets_and_minimal_at_the_target():
+    logits = jnp.linspace(-4.0, 4.0, 17)
+    for t in (0.0, 1.0):
+        y = jnp.full_like(logits, t)
+        np.testing.assert_allclose(losses.soft_focal_loss(logits, y), losses.focal_loss(logits, y), rtol=1e-5, atol=1e-7)
+    for t in (0.2, 0.5, 0.8):
+        grad = jax.grad(lambda z: losses.soft_focal_loss(z, jnp.float32(t)))
+        z_star = float(jnp.log(t / (1 - t)))       # p = t
+        assert abs(float(grad(jnp.float32(z_star)))) < 1e-5
+        assert float(grad(jnp.float32(z_star - 1))) < 0 < float(grad(jnp.float32(z_star + 1)))
+
+
+def _toy_targets(scores, classes):
+    from stlib.data.anchors import AnchorConfig, assign_soft_targets, assign_targets, generate_anchors
+    anchors = jnp.asarray(generate_anchors((64, 64), AnchorConfig(min_level=3, max_level=4)))
+    boxes = jnp.asarray([[8, 8, 40, 40], [8, 8, 40, 40], [30, 34, 60, 62], [0, 0, 0, 0]], jnp.float32)
+    valid = jnp.asarray([True, True, True, False])
+    soft = assign_soft_targets(anchors, boxes, jnp.asarray(classes), jnp.asarray(scores, jnp.float32), valid, 3)
+    hard = assign_targets(anchors, boxes, jnp.asarray(classes), valid)
+    return soft, hard
+
+
+def test_soft_targets_with_unit_scores_are_the_hard_targets():
+    # one class per object: boxes 0 and 1 coincide with the same class, like a duplicate
+    soft, hard = _toy_targets([1.0, 1.0, 1.0, 0.0], [2, 2, 3, 0])
+    onehot = jax.nn.one_hot(hard["cls_targets"] - 1, 3)
+    np.testing.assert_array_equal(soft["cls_targets"], onehot)
+    np.testing.assert_array_equal(soft["not_ignored"], hard["cls_targets"] >= 0)
+    np.testing.assert_array_equal(soft["box_targets"], hard["box_targets"])
+    np.testing.assert_array_equal(soft["box_weight"], hard["positive"].astype(jnp.float32))
+    assert int(hard["positive"].sum()) > 2
+    # and so is the loss
+    key = jax.random.PRNGKey(0)
+    a = soft["cls_targets"].shape[0]
+    cls_logits = jax.random.normal(key, (1, a, 3))
+    box_preds = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (1, a, 4))
+    ls, _ = losses.soft_detection_loss(cls_logits, box_preds, soft["cls_targets"][None], soft["not_ignored"][None],
+                                       soft["box_targets"][None], soft["box_weight"][None])
+    lh, _ = losses.detection_loss(cls_logits, box_preds, hard["cls_targets"][None], hard["box_targets"][None], 3)
+    np.testing.assert_allclose(ls, lh, rtol=1e-5)
+
+
+def test_soft_targets_carry_scores_per_class_and_ignore_boxes_stay_ignored():
+    # an object the teacher called class 1 (0.6) and class 2 (0.3); another object an ignore box
+    soft, hard = _toy_targets([0.6, 0.3, 0.4, 0.0], [1, 2, -1, 0])
+    pos = np.asarray(soft["positive"])
+    t = np.asarray(soft["cls_targets"])
+    assert pos.sum() > 0
+    np.testing.assert_allclose(t[pos, 0], 0.6)                  # the best class's score
+    assert np.all(t[pos, 1] <= 0.3 + 1e-6) and t[pos, 1].max() == pytest.approx(0.3)   # the other class, partly
+    assert np.all(t[pos, 2] == 0) and np.all(t[~pos] == 0)
+    np.testing.assert_allclose(np.asarray(soft["box_weight"])[pos], 0.6)
+    # the ignore box's anchors are neither positive nor negative, as in the hard targets
+    np.testing.assert_array_equal(soft["not_ignored"], hard["cls_targets"] >= 0)
+    assert not np.all(np.asarray(soft["not_ignored"]))
+
+
+def test_soft_pseudo_labels_travel_with_their_scores_and_train(teacher):
+    from stlib.data.pipeline import DetectionData
+    from stlib.pseudo.data import PseudoLabeledSource
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.sources import parse_unlabeled
+    from stlib.train.loop import Experiment
+    from stlib.train.sharding import shard_batch
+    store = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, progress=False)
+    src = parse_unlabeled("world:scenes", "smoke", 0)
+    soft = PseudoLabeledSource(store, src, 0.01, soft=True)
+    hard = PseudoLabeledSource(store, src, 0.01)
+    for r, h in zip(soft.records, hard.records):
+        assert np.all(np.diff(r.scores) <= 0) and h.scores is None          # most sure first
+        assert sorted(map(tuple, r.boxes.tolist())) == sorted(map(tuple, h.boxes.tolist()))
+    ex = DetectionData(soft, 64, 8).example(0)
+    n = min(8, len(soft.records[0].boxes))
+    np.testing.assert_allclose(ex["scores"][:n], soft.records[0].scores[:n])
+    assert "scores" not in DetectionData(hard, 64, 8).example(0)
+    exp = Experiment(_student(teacher, "self_train.targets=soft"), progress=False)
+    batch = exp.train_data.train_batch(0, exp.params.train.batch_size, 0)
+    assert "scores" in batch["pseudo"] and "scores" not in batch["human"]
+    state = exp.init_state()
+    state, metrics = exp.train_step(state, shard_batch(batch, exp.mesh))
+    m = jax.device_get(metrics)
+    assert np.isfinite(m["loss"]) and m["pseudo/soft_positives"] <= m["pseudo/num_positives"]
+    assert m["pseudo/num_positives"] > 0
+    with pytest.raises(cfg.ParamsError, match="targets"):
+        cfg.load_params(SMOKE, ["self_train.targets=fuzzy"])
