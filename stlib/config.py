@@ -229,6 +229,9 @@ class SelfTrainParams:
     # score_threshold an object the teacher half-saw is taught as half an object, not as
     # background. Needs data.max_boxes >= the kept boxes per image (truncation is counted).
     targets: str = _added("hard")
+    # Our diagnostic (not a method): the pseudo boxes are the pool's hidden ground truth
+    # (world:scenes only), so a run measures what perfect pseudo labels would give.
+    oracle: bool = _added(False)
     nms: str = "nms"                    # the teacher's post-processing for pseudo boxes: nms | soft_nms (sigma: postprocess.soft_nms_sigma)
     pseudo_ratio: float = 1.0           # pseudo examples per human example: Sec. 3.2 batch 512 = 256 COCO + 256 pseudo
     alpha: float = 1.0                  # Appendix B: weight of the pseudo loss

@@ -56,14 +56,19 @@ def self_training_rows(study, rows: list[dict]) -> list[dict]:
             from stlib import config as cfg
             p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
             q = pseudo_quality(store, pl["threshold"], p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
-            row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": pl["threshold"]})
+            row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": pl["threshold"],
+                        "labels": ("hidden truth" if pl.get("oracle") else
+                                   f"{pl.get('targets', 'hard')} >= {pl['threshold']:g}")})
             counts = _at(q.get("counts", []), pl["threshold"])
             row["pseudo_per_image"] = counts.get("pseudo_per_image")
             at = _at(q.get("quality", []), pl["threshold"])
-            if at:
+            if at and pl.get("oracle"):
+                row.update({"pseudo_per_image": at.get("true_per_image"), "pseudo_precision": 1.0,
+                            "pseudo_recall": 1.0, "true_per_image": at.get("true_per_image")})
+            elif at:
                 row.update({"pseudo_precision": at["precision"], "pseudo_recall": at["recall"],
                             "true_per_image": at.get("true_per_image")})
-            if q.get("ap"):
+            if q.get("ap") and not pl.get("oracle"):
                 row["pseudo_AP"] = q["ap"].get("AP")
             if q.get("object_pool"):
                 op = q["object_pool"]
@@ -82,12 +87,12 @@ def self_training_markdown(study, rows: list[dict]) -> str:
     srows = self_training_rows(study, rows)
     lines = [f"Self-training runs of {study.name} ({study.metric}; pseudo-label precision / recall against the "
              "hidden ground truth of the pool at the student's threshold, IoU 0.5):", "",
-             f"| cell | seed | {study.metric} | vs teacher | unlabeled | pseudo boxes / image | true boxes / image "
+             f"| cell | seed | {study.metric} | vs teacher | unlabeled | labels | pseudo boxes / image | true boxes / image "
              "| precision | recall | objects: in-vocabulary boxed / right class / out-of-vocabulary false alarm |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in srows:
         lines.append(f"| {r['cell']} | {r['seed']} | {_f(r.get(study.metric))} | {_f(r.get('diff'), '{:+.4f}')} | "
-                     f"{r.get('unlabeled', '')} | {_f(r.get('pseudo_per_image'), '{:.3f}')} | "
+                     f"{r.get('unlabeled', '')} | {r.get('labels', '')} | {_f(r.get('pseudo_per_image'), '{:.3f}')} | "
                      f"{_f(r.get('true_per_image'), '{:.2f}')} | {_f(r.get('pseudo_precision'), '{:.3f}')} | "
                      f"{_f(r.get('pseudo_recall'), '{:.3f}')} | "
                      + (" / ".join(_f(r.get(k), '{:.3f}') for k in ("objects_with_box", "objects_top_correct",

@@ -1,9 +1,26 @@
 """Pseudo-labeled images as a detection source: what the student's pseudo stream trains on."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from stlib.data.coco import CorruptImageError, DetectionRecord, DetectionSource
+
+
+def oracle_labels(labels, source) -> list:
+    """`labels` with their boxes replaced by the pool's hidden ground truth at score 1
+    (`self_train.oracle`, a diagnostic: what perfect pseudo labels would give)."""
+    from stlib.pseudo import quality
+    gt_path = getattr(source, "hidden_gt", None)
+    if gt_path is None:
+        raise ValueError(f"self_train.oracle: the unlabeled pool {getattr(source, 'name', source)!r} has no hidden "
+                         "ground-truth boxes (world:scenes has them)")
+    out = []
+    for lab, g in zip(labels, quality.ground_truth_for(labels, quality.load_gt(gt_path))):
+        boxes, classes = g if g is not None else (np.zeros((0, 4), np.float32), np.zeros((0,), np.int32))
+        out.append(dataclasses.replace(lab, boxes=boxes, classes=classes, scores=np.ones(len(classes), np.float32)))
+    return out
 
 
 class PseudoLabeledSource(DetectionSource):
@@ -24,8 +41,11 @@ class PseudoLabeledSource(DetectionSource):
     Boxes are ordered by descending score, so a `max_boxes` truncation drops the least sure.
     """
 
-    def __init__(self, store, source, threshold: float, ignore_threshold: float = 0.0, soft: bool = False):
+    def __init__(self, store, source, threshold: float, ignore_threshold: float = 0.0, soft: bool = False,
+                 oracle: bool = False):
         labels = store.load(min_score=min(threshold, ignore_threshold) if ignore_threshold > 0 else threshold)
+        if oracle:
+            labels = oracle_labels(labels, source)
         kept = [l for l in labels if not l.skipped]
         self.unlabeled = source
         self.threshold = float(threshold)

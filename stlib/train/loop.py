@@ -197,7 +197,8 @@ class Experiment:
                                                max_images=st.max_images, progress=self.progress)
         source = parse_unlabeled(st.unlabeled, tp.data.world_scale, tp.data.world_seed, tp.data.tfds_data_dir)
         return DetectionData(PseudoLabeledSource(self.pseudo_store, source, st.score_threshold, st.ignore_threshold,
-                                                 soft=st.targets == "soft"), p.data.image_size, p.data.max_boxes)
+                                                 soft=st.targets == "soft", oracle=st.oracle),
+                             p.data.image_size, p.data.max_boxes)
 
     def _classification_stream(self):
         """Joint training's stream: the classification set with its labels (the world's at smoke/mini scale)."""
@@ -415,7 +416,8 @@ def _pseudo_provenance(exp) -> dict:
     except ValueError:
         pass
     return {"store": str(root), "teacher": store.meta.get("teacher"), "teacher_AP": store.meta.get("teacher_AP"),
-            "source": store.meta.get("source"), "threshold": st.score_threshold,
+            "source": store.meta.get("source"), "threshold": st.score_threshold, "targets": st.targets,
+            **({"oracle": True} if st.oracle else {}),
             **{k: v for k, v in exp.train_data.streams["pseudo"].source.stats.items() if v}}
 
 

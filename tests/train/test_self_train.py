@@ -335,3 +335,22 @@ def test_soft_pseudo_labels_travel_with_their_scores_and_train(teacher):
     assert m["pseudo/num_positives"] > 0
     with pytest.raises(cfg.ParamsError, match="targets"):
         cfg.load_params(SMOKE, ["self_train.targets=fuzzy"])
+
+
+def test_oracle_pseudo_labels_are_the_pools_hidden_truth(teacher):
+    from stlib.pseudo import quality
+    from stlib.pseudo.data import PseudoLabeledSource
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.sources import parse_unlabeled
+    store = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, progress=False)
+    src = parse_unlabeled("world:scenes", "smoke", 0)
+    oracle = PseudoLabeledSource(store, src, 0.5, oracle=True)
+    gts = quality.ground_truth_for(store.load(), quality.load_gt(src.hidden_gt))
+    assert len(oracle.records) == len(gts) == len(src)
+    for r, (boxes, classes) in zip(oracle.records, gts):
+        np.testing.assert_array_equal(r.boxes, boxes)
+        np.testing.assert_array_equal(r.classes, classes)
+    objects = parse_unlabeled("world:objects", "smoke", 0)
+    with pytest.raises(ValueError, match="hidden ground-truth boxes"):
+        PseudoLabeledSource(make_pseudo_labels(teacher, "world:objects", min_score=0.01, progress=False), objects,
+                            0.5, oracle=True)
