@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     se.add_argument("spec", nargs="?", default="params/mini/self_train.yaml",
                     help="a study spec whose students name their teacher cell (default: params/mini/self_train.yaml)")
     _run_options(se, "run in this process instead of through notebooks")
+    se.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
     se.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
     se.set_defaults(fn=cmd_self_train)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")

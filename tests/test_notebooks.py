@@ -166,3 +166,11 @@ def test_self_train_notebook_runs_teacher_pseudo_labels_student(tmp_path):
         assert (store / "explorer" / f).is_file(), f
     nb = nbformat.read(study / "self_train.ipynb", as_version=4)
     assert not notebook_errors(nb)
+    assert student["labels"] == "hard >= 0.01"
+    # --report-only rewrites the reports from the runs there are, training nothing
+    (study / "self_training.md").unlink()
+    code = (f"import sys; from stlib.cli import main; "
+            f"sys.exit(main(['self-train', {str(spec)!r}, '--report-only', '--outputs', {str(out)!r}]))")
+    proc = run_python(code, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (study / "self_training.md").is_file() and "hard >= 0.01" in proc.stdout

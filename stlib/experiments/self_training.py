@@ -57,18 +57,20 @@ def self_training_rows(study, rows: list[dict]) -> list[dict]:
             p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
             q = pseudo_quality(store, pl["threshold"], p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
             row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": pl["threshold"],
-                        "labels": ("hidden truth" if pl.get("oracle") else
-                                   f"{pl.get('targets', 'hard')} >= {pl['threshold']:g}")})
+                        "labels": ("hidden truth" if p.self_train.oracle else
+                                   f"{p.self_train.targets} >= {pl['threshold']:g}"
+                                   + (f", [{p.self_train.ignore_threshold:g}, {pl['threshold']:g}) ignored"
+                                      if p.self_train.ignore_threshold > 0 else ""))})
             counts = _at(q.get("counts", []), pl["threshold"])
             row["pseudo_per_image"] = counts.get("pseudo_per_image")
             at = _at(q.get("quality", []), pl["threshold"])
-            if at and pl.get("oracle"):
+            if at and p.self_train.oracle:
                 row.update({"pseudo_per_image": at.get("true_per_image"), "pseudo_precision": 1.0,
                             "pseudo_recall": 1.0, "true_per_image": at.get("true_per_image")})
             elif at:
                 row.update({"pseudo_precision": at["precision"], "pseudo_recall": at["recall"],
                             "true_per_image": at.get("true_per_image")})
-            if q.get("ap") and not pl.get("oracle"):
+            if q.get("ap") and not p.self_train.oracle:
                 row["pseudo_AP"] = q["ap"].get("AP")
             if q.get("object_pool"):
                 op = q["object_pool"]
