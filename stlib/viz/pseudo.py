@@ -7,6 +7,8 @@ notebooks/pseudo_labels.ipynb through `explore_store`, which does all the non-in
 """
 from __future__ import annotations
 
+import io
+
 import math
 import os
 from pathlib import Path
@@ -290,7 +292,6 @@ def threshold_explorer(load_image, labels, categories=None, gt=None, n: int = 8,
         import ipywidgets as widgets
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("threshold_explorer needs ipywidgets: pip install ipywidgets") from e
-    from IPython.display import display
 
     labels = list(labels)
     shown = [lab for lab in labels if not lab.skipped][:max(0, int(n))]
@@ -309,22 +310,25 @@ def threshold_explorer(load_image, labels, categories=None, gt=None, n: int = 8,
 
     slider = widgets.FloatSlider(value=float(min(max(initial, 0.05), 0.95)), min=0.05, max=0.95, step=0.05,
                                  description="threshold", continuous_update=False, readout_format=".2f")
-    output = widgets.Output()
-    box = widgets.VBox([slider, output])
+    # The counts and the gallery are plain value widgets (text, PNG bytes), not an Output widget
+    # capturing display(): that capture hung some papermill runs at this cell (no frontend).
+    stats = widgets.HTML()
+    picture = widgets.Image(format="png")
+    box = widgets.VBox([slider, stats, picture])
 
     def redraw(change=None):
         t = float(slider.value)
         row = row_at(t)
         box.last_stats = row
         fig = draw_gallery(images, shown, t, categories, gt_shown, ncols=ncols, ax_size=ax_size)
-        with output:
-            output.clear_output(wait=True)
-            print(_stats_line(t, row))
-            display(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
         plt.close(fig)
+        stats.value = f"<pre>{_stats_line(t, row)}</pre>"
+        picture.value = buf.getvalue()
 
     slider.observe(redraw, names="value")
-    box.slider, box.output, box.redraw = slider, output, redraw
+    box.slider, box.output, box.redraw = slider, picture, redraw
     redraw()
     return box
 
