@@ -434,6 +434,9 @@ def validate(p: Params) -> None:
          f"self_train.alpha and joint_alpha must be >= 0, got {st.alpha}, {st.joint_alpha}")
     need(0.0 <= st.norm_momentum < 1.0, f"self_train.norm_momentum must be in [0, 1), got {st.norm_momentum}")
     need(st.targets in ("hard", "soft"), f"self_train.targets must be hard|soft, got {st.targets!r}")
+    need(not st.oracle or st.unlabeled == "world:scenes",
+         f"self_train.oracle needs the pool with hidden ground-truth boxes, world:scenes; "
+         f"self_train.unlabeled is {st.unlabeled!r}")
     need(st.student_init in ("teacher", "scratch"),
          f"self_train.student_init must be teacher|scratch, got {st.student_init!r}")
     need(st.max_images >= 0, f"self_train.max_images must be >= 0, got {st.max_images}")

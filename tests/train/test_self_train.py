@@ -350,6 +350,8 @@ def test_oracle_pseudo_labels_are_the_pools_hidden_truth(teacher):
     for r, (boxes, classes) in zip(oracle.records, gts):
         np.testing.assert_array_equal(r.boxes, boxes)
         np.testing.assert_array_equal(r.classes, classes)
+    with pytest.raises(cfg.ParamsError, match="self_train.oracle"):   # before any labelling
+        cfg.load_params(SMOKE, ["self_train.oracle=true", "self_train.unlabeled=world:objects"])
     objects = parse_unlabeled("world:objects", "smoke", 0)
     with pytest.raises(ValueError, match="hidden ground-truth boxes"):
         PseudoLabeledSource(make_pseudo_labels(teacher, "world:objects", min_score=0.01, progress=False), objects,
