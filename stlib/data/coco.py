@@ -22,7 +22,8 @@ Stats keys (always present, zero when nothing happened):
 * ``boxes_dropped_zero_area`` -- boxes with zero/negative height or width;
 * ``boxes_dropped_outside`` -- boxes entirely outside the image;
 * ``crowd_boxes_skipped`` -- ``iscrowd`` boxes left out of the training records
-  (REFERENCE.md §3.1: skip_crowd_during_training True); ``coco_gt`` keeps them;
+  (REFERENCE.md §3.1: skip_crowd_during_training True); ``coco_gt`` keeps them
+  (COCOeval's ignore regions);
 * ``images_without_boxes`` -- images kept with no (remaining) boxes, as negatives;
 * ``images_corrupt`` -- images that could not be decoded (counted when met).
 """
@@ -53,6 +54,7 @@ __all__ = [
     "DataError",
     "DetectionRecord",
     "DetectionSource",
+    "clean_gt_annotations",
     "clip_boxes",
     "decode_image",
     "load_images_cached",
@@ -138,6 +140,47 @@ def clip_boxes(
     counts["boxes_dropped_outside"] += int(outside.sum())
     counts["boxes_clipped"] += int((keep & np.any(clipped64 != boxes, axis=1)).sum())
     return clipped, keep
+
+
+def clean_gt_annotations(annotations: Sequence[dict], images: Sequence[dict]) -> list[dict]:
+    """COCO ground-truth annotations cleaned exactly as `clip_boxes` cleans the training boxes.
+
+    Evaluation then scores what the model was asked to learn: a box the loader drops (zero
+    area, entirely outside the image) is left out, so it cannot count as a miss; a box it
+    clips is evaluated clipped, its ``area`` scaled by the share of the box that is left
+    (COCOeval's size ranges use ``area``). Crowd boxes go through the same cleaning and stay
+    ``iscrowd`` (COCO's ignore regions). Untouched boxes keep their annotation as it is.
+
+    Args:
+      annotations: COCO annotation dicts (``bbox`` xywh in absolute pixels).
+      images: COCO image dicts with ``height`` and ``width`` for every annotated image.
+    Returns:
+      New annotation dicts (the inputs are not modified; COCOeval writes into its GT).
+    """
+    size = {im["id"]: (im["height"], im["width"]) for im in images}
+    by_image = collections.defaultdict(list)
+    for i, a in enumerate(annotations):
+        by_image[a["image_id"]].append(i)
+    cleaned: list[dict | None] = [None] * len(annotations)
+    for image_id, index in by_image.items():
+        xywh = np.array([annotations[i]["bbox"] for i in index], np.float64).reshape(-1, 4)
+        boxes = np.stack([xywh[:, 1], xywh[:, 0], xywh[:, 1] + xywh[:, 3], xywh[:, 0] + xywh[:, 2]], axis=1)
+        height, width = size[image_id]
+        _, keep = clip_boxes(boxes, height, width, collections.Counter())  # the loader's decisions
+        clipped = np.clip(boxes, 0.0, np.array([height, width, height, width], np.float64))
+        for i, box, new, k in zip(index, boxes, clipped, keep):
+            if not k:
+                continue
+            a = dict(annotations[i])
+            if np.any(new != box):
+                w, h = float(new[3] - new[1]), float(new[2] - new[0])
+                a["bbox"] = [float(new[1]), float(new[0]), w, h]
+                if "area" in a:
+                    a["area"] = float(a["area"]) * (w * h) / float((box[3] - box[1]) * (box[2] - box[0]))
+            a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+            a.setdefault("iscrowd", 0)
+            cleaned[i] = a
+    return [a for a in cleaned if a is not None]
 
 
 def _quiet_coco(dataset: dict) -> COCO:
@@ -227,20 +270,16 @@ class DetectionSource:
 
     def coco_gt(self) -> COCO:
         """Ground truth for COCOeval: the source's annotations (crowd included, original
-        category ids) restricted to the records' images. Built once and cached."""
+        category ids) restricted to the records' images and cleaned as the records were
+        (`clean_gt_annotations`): a box the loader drops is no ground truth, a box it clips
+        is evaluated clipped. Built once and cached."""
         if self._gt is None:
             ids = {r.image_id for r in self.records}
             full = self._gt_dataset
-            annotations = []
-            for a in full["annotations"]:
-                if a["image_id"] in ids:
-                    a = dict(a)  # COCOeval writes into GT annotations; keep ours clean.
-                    a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
-                    a.setdefault("iscrowd", 0)
-                    annotations.append(a)
             dataset = {k: v for k, v in full.items() if k not in ("images", "annotations")}
             dataset["images"] = [im for im in full["images"] if im["id"] in ids]
-            dataset["annotations"] = annotations
+            dataset["annotations"] = clean_gt_annotations(
+                [a for a in full["annotations"] if a["image_id"] in ids], dataset["images"])
             self._gt = _quiet_coco(dataset)
         return self._gt
 
@@ -359,7 +398,8 @@ class CocoSource(DetectionSource):
 
     Records are sorted by image id; ``file_name`` is the absolute image path and
     ``mask_file`` is ``<image_dir>/../masks/<stem>.png`` when that file exists.
-    ``coco_gt`` is the file's own annotations (restricted to the source's images).
+    ``coco_gt`` is the file's own annotations (restricted to the source's images), cleaned
+    as the records are (`clean_gt_annotations`).
     """
 
     def __init__(

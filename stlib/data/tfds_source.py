@@ -95,7 +95,9 @@ class TfdsCocoSource(DetectionSource):
     * ``coco_gt`` is built from the tfds objects, crowd boxes included:
       bbox xywh in absolute pixels, original category ids, tfds ``area``
       (COCO's segmentation area, which COCOeval uses for its size ranges) and
-      ``iscrowd``; annotation ids are renumbered 1..N.
+      ``iscrowd``; annotation ids are renumbered 1..N. Like every source's, it is
+      cleaned as the records are (`stlib.data.coco.clean_gt_annotations`): boxes the
+      loader drops are left out, clipped ones are evaluated clipped.
 
     Raises `DataError` when the dataset is unknown, not prepared in ``data_dir``,
     lacks the needed features, or the split does not exist.

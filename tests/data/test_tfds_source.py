@@ -117,6 +117,12 @@ def test_coco_gt_from_tfds_objects(source):
     assert [a["area"] for a in anns] == [50.0, 700.0]
 
 
+def test_coco_gt_leaves_out_the_boxes_the_loader_drops(source):
+    """Issue 14: image 42's zero-height box is dropped by the loader, so it is no ground truth."""
+    gt = source.coco_gt()
+    assert [a["category_id"] for a in gt.loadAnns(gt.getAnnIds(imgIds=[42]))] == [90]
+
+
 def test_perfect_predictions_score_ap_one(source):
     detections = []
     for r in source.records:
