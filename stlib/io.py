@@ -5,14 +5,31 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside `path`, opened for writing: (fd, its path).
+
+    Created with mode 0o666 so the umask (and a default ACL) gives it the permissions of any
+    new file; `tempfile.mkstemp` makes 0o600, which `os.replace` would hand on to `path`.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {path}")
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
+    """Writes `data` to `path` through a temp file and `os.replace`; the file gets the
+    permissions of a new file (0o666 & ~umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -48,6 +65,29 @@ def write_json_atomic(path, obj) -> None:
 def to_jsonable(obj):
     """Numbers from numpy/jax as Python numbers; NaN as null (JSON has no NaN)."""
     return _jsonable(obj)
+
+
+def machine() -> dict:
+    """What made a result: the CPU model, core count, accelerator platform and device kind, and the
+    date (records name their machine; floats from another machine are another result)."""
+    import datetime
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count(), "date": datetime.date.today().isoformat()}
+    try:
+        import jax
+        dev = jax.devices()[0]
+        out.update(platform=dev.platform, device_kind=dev.device_kind, devices=jax.device_count())
+    except Exception:   # noqa: BLE001 - a description, never a failure
+        pass
+    return out
 
 
 class RunInProgressError(RuntimeError):
