@@ -9,6 +9,10 @@
   stlib world --scale mini
   stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
   stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
+  stlib publish .cache/outputs/studies/mini-self-train   (a finished run or study -> outputs/, the records)
+
+Runs, studies and pseudo-label stores go to the run cache (.cache/outputs/, or $STLIB_OUTPUTS);
+outputs/ holds the repository's records, which only `stlib publish` writes.
 """
 from __future__ import annotations
 
@@ -89,15 +93,18 @@ def _run_study_spec(args, notebook: str, parameters: dict, self_training: bool) 
             from stlib.experiments.self_training import write_self_training_report
             write_self_training_report(spec, rows, out_dir)
     else:
-        import papermill as pm
+        from stlib import paths
         out_dir.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(runs.notebook_path(notebook)), str(out_dir / notebook),
-                            parameters={"STUDY_FILE": str(Path(args.spec).resolve()), "OUTPUTS": str(outputs),
-                                        "PROGRESS": not args.quiet, **parameters},
-                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=True, kernel_name="python3")
+        runs.execute(notebook, out_dir / notebook,
+                     {"STUDY_FILE": paths.relative(args.spec), "OUTPUTS": paths.relative(outputs),
+                      "PROGRESS": not args.quiet, **parameters}, log_output=True)
     print((out_dir / "report.md").read_text())
     if self_training:
         print((out_dir / "self_training.md").read_text())
+    comparison = out_dir / "record_comparison.md"
+    if comparison.is_file():
+        print(comparison.read_text())
+    print(f"report: {out_dir}  (publish it as a record with `stlib publish {out_dir}`)")
     return 0
 
 
@@ -107,6 +114,8 @@ def cmd_study(args) -> int:
 
 def cmd_pseudo_label(args) -> int:
     from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.store import check_export_thresholds
+    check_export_thresholds(args.min_score, args.threshold)    # before any image is labelled
     store = make_pseudo_labels(args.teacher, args.unlabeled, min_score=args.min_score, nms=args.nms,
                                max_images=args.max_images, store_dir=args.out, shard_size=args.shard_size,
                                progress=not args.quiet)
@@ -134,6 +143,19 @@ def cmd_self_train(args) -> int:
     return _run_study_spec(args, "self_train.ipynb", {}, self_training=True)
 
 
+def cmd_publish(args) -> int:
+    from stlib import paths
+    from stlib.experiments.records import publish
+    written = publish(args.path, replace=args.replace)
+    print(f"published {len(written)} file(s) into {paths.relative(paths.records_root())}/"
+          + ("" if written else " (nothing new: already a record)"))
+    for f in written[:20]:
+        print(f"  {paths.relative(f)}")
+    if len(written) > 20:
+        print(f"  ... ({len(written)} in all)")
+    return 0
+
+
 def cmd_world(args) -> int:
     from stlib.data.world import ensure_world
     print(ensure_world(args.scale, args.seed))
@@ -149,12 +171,8 @@ def cmd_zoo(args) -> int:
 
 def cmd_import_weights(args) -> int:
     from stlib.models import weight_import as wi
-    try:
-        meta = wi.import_weights(args.backbone, args.source, args.out, fmt=args.fmt, input_convention=args.input,
-                                 num_classes=args.num_classes)
-    except wi.WeightImportError as e:
-        print(f"stlib import-weights: {e}", file=sys.stderr)
-        return 2
+    meta = wi.import_weights(args.backbone, args.source, args.out, fmt=args.fmt, input_convention=args.input,
+                             num_classes=args.num_classes)
     print(f"wrote {args.out}: {meta['backbone']} from {meta['format']} ({meta['num_params'] / 1e6:.2f}M params, "
           f"input {meta['input_convention']}, classifier head: {'yes' if meta['has_head'] else 'no'})")
     print(f"use it with: --set model.backbone={meta['backbone']} --set model.init={args.out}")
@@ -237,12 +255,21 @@ def main(argv=None) -> int:
                          "otherwise; SimCLR conversions want unit)")
     iw.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: from the file)")
     iw.set_defaults(fn=cmd_import_weights)
+    pb = sub.add_parser("publish", help="copy a finished run or study (its runs, stores' small files, report) from "
+                                        "the run cache into outputs/, the repository's records")
+    pb.add_argument("path", help="a run folder (.cache/outputs/runs/<id>) or a study folder (.cache/outputs/studies/<name>)")
+    pb.add_argument("--replace", action="store_true", help="overwrite records that exist")
+    pb.set_defaults(fn=cmd_publish)
     args = ap.parse_args(argv)
-    from stlib.config import ParamsError
     try:
         return args.fn(args)
-    except ParamsError as e:
-        print(f"stlib: params error: {e}", file=sys.stderr)
+    except Exception as e:   # noqa: BLE001 - errors the project raises on purpose become one line
+        from stlib import errors, paths
+        line = errors.one_line(e)
+        if line is None:
+            raise
+        log = errors.write_log(e, paths.cache_root() / "logs")
+        print(f"stlib {args.cmd}: {line}" + (f" [traceback: {log}]" if log else ""), file=sys.stderr)
         return 2
 
 

@@ -124,6 +124,11 @@ class ModelParams:
     anchor_size: float = 4.0            # REFERENCE §4.1
     bn_momentum: float = 0.997          # REFERENCE §4.6 (TPU detection default)
     bn_epsilon: float = 1e-4
+    # The backbone's BatchNorm epsilon when it differs from bn_epsilon: set from an imported
+    # model.init (torchvision 1e-5, keras ResNet50 1.001e-5, EfficientNets 1e-3), whose BN
+    # statistics are only right with their source's epsilon. None = bn_epsilon (or the
+    # backbone's own, EfficientNet / resnet50-keras); the neck and heads keep bn_epsilon.
+    backbone_bn_epsilon: Optional[float] = _added(None)
     dtype: str = "float32"              # compute dtype: float32 | bfloat16 (params stay float32)
 
 
@@ -249,6 +254,11 @@ class SelfTrainParams:
 class Params:
     name: str = "retinanet"
     description: str = ""
+    # smoke | mini | paper: the scale a params file is made for. Every file must say it (the
+    # defaults above are the paper's, so a file that says nothing is a paper-scale run: an empty
+    # file generated the mini world and then asked for 164 GB); `validate` checks it against the
+    # data it names. "" = not set: the defaults alone (tests), and runs recorded before the field.
+    scale: str = _added("")
     data: DataParams = DataParams()
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
@@ -331,16 +341,34 @@ def _parse_override(item: str) -> dict:
     return out
 
 
+def _is_resolved_dump(content: dict) -> bool:
+    """Whether a params file is a run's resolved `params.yaml` (`dump_params`), which may predate
+    `scale`: it spells out every section, and in `data` and `train` every field the schema had
+    before `_added` fields (so no default stands in for the sizes it ran with)."""
+    if not all(k in content for k in ("name", "description", "data", "augment", "model", "loss", "postprocess",
+                                      "train")):
+        return False
+    for key, schema in (("data", DataParams), ("train", TrainParams)):
+        needed = {f.name for f in dataclasses.fields(schema) if not f.metadata.get("hash_omit_default")}
+        if not isinstance(content[key], dict) or not needed <= set(content[key]):
+            return False
+    return True
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Params:
     """Defaults <- YAML file <- `key=value` overrides, strictly checked.
 
     Args:
-      path: a YAML preset (holds only what it changes), or None for the defaults.
+      path: a YAML preset (holds only what it changes, and its `scale`), or None for the
+        defaults. A file whose params end without a `scale` (an empty file, say, which would
+        be the paper-scale defaults) is an error; a run's resolved params.yaml written before
+        `scale` existed is accepted as it is.
       overrides: strings like "train.steps=100" (values parsed as YAML).
     Returns:
       Frozen `Params`.
     """
     params = Params()
+    content: Any = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -352,6 +380,11 @@ def load_params(path: str | Path | None = None, overrides: list[str] | tuple = (
         params = _merge(params, content, str(path))
     for item in overrides:
         params = _merge(params, _parse_override(item), f"--set {item}")
+    if path is not None and not params.scale and not _is_resolved_dump(content):
+        raise ParamsError(
+            f"{path}: {'empty params file' if not content else 'no scale'}: every params file must set "
+            f"`scale: smoke|mini|paper` (without it the defaults are paper scale: COCO-sized images and batch "
+            f"{Params().train.batch_size})")
     validate(params)
     return params
 
@@ -362,7 +395,65 @@ def validate(p: Params) -> None:
         if not cond:
             raise ParamsError(msg)
     need(p.data.source in ("world", "coco", "tfds"), f"data.source must be world|coco|tfds, got {p.data.source!r}")
+    # The scale a file says it is for, against the data it names ("" = not set: the defaults, old runs).
+    need(p.scale in ("", "smoke", "mini", "paper"), f"scale must be smoke|mini|paper, got {p.scale!r}")
+    if p.data.source == "world":
+        need(p.data.world_scale in ("smoke", "mini"),
+             f"data.world_scale must be smoke|mini (the embedded world's presets), got {p.data.world_scale!r}")
+        need(p.scale != "paper", "scale is paper but data.source is world: the embedded world has the smoke and "
+             "mini scales only; paper scale reads COCO (data.source tfds|coco)")
+        need(p.scale in ("", p.data.world_scale), f"scale is {p.scale} but data.world_scale is "
+             f"{p.data.world_scale!r}: a {p.scale} params file runs on the {p.scale} world (set both)")
     need(0.0 < p.data.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {p.data.label_fraction}")
+    # Ranges: (dotted key, test, what it must be); NaN fails every test.
+    ranges = (
+        ("data.image_size", lambda v: v > 0, "> 0"),
+        ("data.max_boxes", lambda v: v >= 1, ">= 1"),
+        ("data.max_val_images", lambda v: v >= 0, ">= 0 (0 = all)"),
+        ("model.fpn_channels", lambda v: v >= 1, ">= 1"),
+        ("model.head_channels", lambda v: v >= 1, ">= 1"),
+        ("model.head_convs", lambda v: v >= 1, ">= 1"),
+        ("model.min_level", lambda v: 1 <= v <= p.model.max_level, f"in [1, model.max_level={p.model.max_level}]"),
+        ("model.num_scales", lambda v: v >= 1, ">= 1"),
+        ("model.aspect_ratios", lambda v: len(v) >= 1 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v),
+         "a non-empty list of numbers > 0"),
+        ("model.anchor_size", lambda v: v > 0, "> 0"),
+        ("model.bn_momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("model.bn_epsilon", lambda v: v > 0, "> 0"),
+        ("model.backbone_bn_epsilon", lambda v: v is None or v > 0, "> 0 (or null: model.bn_epsilon)"),
+        ("loss.focal_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("loss.focal_gamma", lambda v: v >= 0, ">= 0"),
+        ("loss.huber_delta", lambda v: v > 0, "> 0"),
+        ("loss.box_loss_weight", lambda v: v >= 0, ">= 0"),
+        ("loss.match_threshold", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("loss.unmatched_threshold", lambda v: 0 < v <= p.loss.match_threshold,
+         f"in (0, loss.match_threshold={p.loss.match_threshold}]"),
+        ("postprocess.pre_nms_top_k", lambda v: v >= 1, ">= 1"),
+        ("postprocess.score_threshold", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("postprocess.nms_iou_threshold", lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("postprocess.max_detections", lambda v: v >= 1, ">= 1"),
+        ("postprocess.soft_nms_sigma", lambda v: v > 0, "> 0"),
+        ("train.batch_size", lambda v: v >= 1, ">= 1"),
+        ("train.steps", lambda v: v >= 1, ">= 1"),
+        ("train.base_lr", lambda v: v > 0, "> 0"),
+        ("train.warmup_steps", lambda v: 0 <= v < p.train.steps, f"in [0, train.steps={p.train.steps})"),
+        ("train.warmup_init_lr", lambda v: v >= 0, ">= 0"),
+        ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+        ("train.grad_clip_norm", lambda v: v >= 0, ">= 0 (0 = off)"),
+        ("train.log_every", lambda v: v >= 1, ">= 1"),
+        ("train.eval_every", lambda v: v >= 1, ">= 1"),
+        ("train.checkpoint_every", lambda v: v >= 1, ">= 1"),
+        ("train.keep_checkpoints", lambda v: v >= 1, ">= 1"),
+        ("train.early_stop_patience", lambda v: v >= 0, ">= 0 (0 = off)"),
+        ("train.eval_batch_size", lambda v: v >= 1, ">= 1"),
+        ("pretrain.image_size", lambda v: v > 0, "> 0"),
+    )
+    for key, ok, what in ranges:
+        section, name = key.split(".")
+        value = getattr(getattr(p, section), name, None)
+        need(ok(value), f"{key} must be {what}, got {value!r}")
     # Backbone strides go to 32 (C5); coarser levels are ceil-sized, like their anchor grids.
     need(p.data.image_size % 32 == 0, f"data.image_size ({p.data.image_size}) must be a multiple of 32")
     a = p.augment
@@ -442,10 +533,6 @@ def validate(p: Params) -> None:
     need(st.max_images >= 0, f"self_train.max_images must be >= 0, got {st.max_images}")
     need(p.model.dtype in ("float32", "bfloat16"), f"model.dtype must be float32|bfloat16, got {p.model.dtype!r}")
     need(p.postprocess.method in ("nms", "soft_nms"), f"postprocess.method must be nms|soft_nms, got {p.postprocess.method!r}")
-    need(p.train.batch_size > 0 and p.train.steps > 0, "train.batch_size and train.steps must be positive")
-    need(p.train.warmup_steps < p.train.steps, "train.warmup_steps must be < train.steps")
-    for k in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"):
-        need(getattr(p.train, k) > 0, f"train.{k} must be positive")
     if p.data.source == "coco":
         for k in ("train_ann", "train_images", "val_ann", "val_images"):
             need(getattr(p.data, k), f"data.{k} is required when data.source is coco")

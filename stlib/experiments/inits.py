@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from stlib import config as cfg
+from stlib import paths
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PARAMS_DIR = REPO_ROOT / "params"
+REPO_ROOT = paths.REPO_ROOT
+PARAMS_DIR = paths.PARAMS_DIR
 
 # name -> the pre-training preset (under params/<world_scale>/) that makes it in the embedded world
 PRESETS = {"imagenet": "pretrain.yaml", "imagenet++": "noisy_student.yaml", "simclr": "simclr.yaml"}
@@ -71,11 +72,8 @@ def preset_params(name: str, world_scale: str) -> cfg.Params:
 
 
 def _display(path: Path) -> str:
-    """Repo-relative when under the repository (stable across checkouts, what run ids hash)."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    """Repo-relative when under the repository (stable across checkouts)."""
+    return paths.relative(path)
 
 
 def world_init_dir(name: str, world_scale: str, outputs=None) -> Path:
@@ -152,14 +150,36 @@ def checkpoint_path(init: str, params: cfg.Params, outputs=None, what: str = "mo
     return existing_path(init)
 
 
+def check_init_folder(params: cfg.Params, what: str = "model.init") -> Path:
+    """The checkpoint folder `model.init` names, checked before any work: it must exist, hold a
+    finished run's best checkpoint or an imported checkpoint, and be of this run's backbone.
+    Errors are `InitError`s naming the folder and both backbones."""
+    import json
+    from stlib.experiments.identity import checkpoint_digest
+    folder = checkpoint_path(params.model.init, params, what=what)
+    if not folder.is_dir():
+        raise InitError(f"{what} {params.model.init!r}: {_display(folder)} is not a folder")
+    try:
+        checkpoint_digest(folder, require=True)
+    except cfg.ParamsError as e:
+        raise InitError(f"{what} {params.model.init!r}: {e}") from None
+    meta = folder / "stlib_weights.json"
+    run_params = folder / "params.yaml"
+    if meta.is_file():
+        theirs = json.loads(meta.read_text()).get("backbone")
+    else:
+        theirs = cfg.load_params(run_params).model.backbone if run_params.is_file() else None
+    if theirs is not None and theirs != params.model.backbone:
+        raise InitError(f"{what} {_display(folder)} holds a {theirs} backbone, but this run's model.backbone is "
+                        f"{params.model.backbone}; use a checkpoint of {params.model.backbone} or set "
+                        f"model.backbone={theirs}")
+    return folder
+
+
 def existing_path(path: str) -> Path:
     """A checkpoint path as given, else relative to the repository (run folders are recorded
     repo-relative, so they work from any working directory)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    alt = REPO_ROOT / p
-    return alt if alt.exists() else p
+    return paths.find(path)
 
 
 def ensure_world_inits(world_scale: str = "mini", names=cfg.NAMED_INITS, outputs=None, progress: bool = True,

@@ -17,6 +17,8 @@ from pathlib import Path
 def pseudo_quality(store_root, threshold: float, world_scale: str, world_seed: int) -> dict:
     """`stlib.pseudo.quality.quality_report` of a store at the training `threshold` (and the
     standard thresholds), cached inside the store as `quality-<threshold>.json`."""
+    from stlib import paths
+    from stlib.experiments.records import is_record
     from stlib.io import write_json_atomic
     from stlib.pseudo import quality
     from stlib.pseudo.sources import parse_unlabeled
@@ -25,6 +27,9 @@ def pseudo_quality(store_root, threshold: float, world_scale: str, world_seed: i
     cache = root / f"quality-{threshold:g}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
+    if is_record(root):   # records are never written: measure on this machine's twin of the store, if any
+        twin = paths.cache_root() / "pseudo_labels" / root.name
+        return pseudo_quality(twin, threshold, world_scale, world_seed) if twin.is_dir() else {}
     store = PseudoLabelStore.open(root)
     source = parse_unlabeled(store.meta["source"], world_scale, world_seed)
     thresholds = sorted(set(quality.DEFAULT_THRESHOLDS) | {float(threshold)})
@@ -51,8 +56,8 @@ def self_training_rows(study, rows: list[dict]) -> list[dict]:
             row["diff"] = r[study.metric] - teacher_ap[r["seed"]]
         pl = m.get("pseudo_labels")
         if pl:
-            from stlib.pseudo.teacher import REPO_ROOT
-            store = Path(pl["store"]) if Path(pl["store"]).is_absolute() else REPO_ROOT / pl["store"]
+            from stlib import paths
+            store = paths.find(pl["store"])
             from stlib import config as cfg
             p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
             q = pseudo_quality(store, pl["threshold"], p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
@@ -113,46 +118,51 @@ def write_self_training_report(study, rows: list[dict], out_dir) -> Path:
     return out_dir
 
 
-def student_stores(rows: list[dict]) -> list[tuple[Path, float, str, int]]:
-    """(store folder, training threshold, world scale, world seed) of every student in `rows`, once each."""
+def student_stores(rows: list[dict]) -> list[tuple]:
+    """(store folder, training threshold, world scale, world seed, teacher run folder, the student's
+    `self_train` params) of every student in `rows`, once each. The store is the one the student's params address in the run
+    cache, beside its teacher (which `rows` holds, made on this machine); a student read from a
+    record shares it when its run id matched, so the explorer never writes into a record."""
     from stlib import config as cfg
-    from stlib.pseudo.teacher import REPO_ROOT
+    from stlib import paths
+    from stlib.experiments.records import is_record
+    from stlib.pseudo.label import default_store_dir
+    from stlib.pseudo.teacher import TeacherRun
+    here = {Path(r["run_dir"]).name: Path(r["run_dir"]) for r in rows if not is_record(r["run_dir"])}
     seen, out = set(), []
     for r in rows:
-        m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
-        pl = m.get("pseudo_labels")
-        if not pl:
+        p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
+        st = p.self_train
+        if not (st.teacher and st.unlabeled):
             continue
-        store = Path(pl["store"]) if Path(pl["store"]).is_absolute() else REPO_ROOT / pl["store"]
-        if store in seen or not store.is_dir():
+        teacher_dir = here.get(Path(st.teacher).name) or paths.find(st.teacher)
+        if is_record(teacher_dir):
+            continue   # no checkpoint to label with
+        store = default_store_dir(TeacherRun(teacher_dir), st.unlabeled, st.store_min_score, st.nms, st.max_images)
+        if store in seen:
             continue
         seen.add(store)
-        p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
-        out.append((store, float(pl["threshold"]), p.data.world_scale, p.data.world_seed))
+        out.append((store, float(st.score_threshold), p.data.world_scale, p.data.world_seed, teacher_dir, st))
     return out
 
 
 def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
     """Executes notebooks/pseudo_labels.ipynb (papermill) for every student's store, into
-    `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook)."""
-    import papermill as pm
+    `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook).
+    A store that is missing or incomplete (a fresh clone, a student read from a record) is labelled
+    first by its teacher."""
     from stlib.experiments import runs
     from stlib.pseudo.label import make_pseudo_labels
     from stlib.pseudo.store import PseudoLabelStore
-    from stlib.pseudo.teacher import REPO_ROOT
     done = []
-    for store, threshold, scale, seed in student_stores(rows):
-        st = PseudoLabelStore.open(store)
-        if not st.complete:   # a fresh clone keeps store.json but not the shards: label again
-            m = st.meta
-            teacher = m["teacher"] if Path(m["teacher"]).is_absolute() else REPO_ROOT / m["teacher"]
-            make_pseudo_labels(teacher, m["source"], min_score=m["min_score"], nms=m["nms"],
-                               max_images=m.get("max_images", 0), store_dir=store, shard_size=st.shard_size)
+    for store, threshold, scale, seed, teacher_dir, st in student_stores(rows):
+        if not (store / "store.json").is_file() or not PseudoLabelStore.open(store).complete:
+            make_pseudo_labels(teacher_dir, st.unlabeled, min_score=st.store_min_score, nms=st.nms,
+                               max_images=st.max_images, store_dir=store)
         out = store / "explorer"
         out.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(runs.notebook_path("pseudo_labels.ipynb")), str(out / "pseudo_labels.ipynb"),
-                            parameters={"STORE_DIR": str(store), "OUT_DIR": str(out), "THRESHOLD": threshold,
-                                        "NUM_IMAGES": num_images, "WORLD_SCALE": scale, "WORLD_SEED": seed},
-                            cwd=str(runs.REPO_ROOT), progress_bar=False, log_output=False, kernel_name="python3")
+        runs.execute("pseudo_labels.ipynb", out / "pseudo_labels.ipynb",
+                     {"STORE_DIR": str(store), "OUT_DIR": str(out), "THRESHOLD": threshold,
+                      "NUM_IMAGES": num_images, "WORLD_SCALE": scale, "WORLD_SEED": seed})
         done.append(out)
     return done

@@ -33,11 +33,12 @@ from pathlib import Path
 import yaml
 
 from stlib import config as cfg
+from stlib import paths
 from stlib.experiments import convergence as conv
 from stlib.experiments import runs
 from stlib.experiments.inits import resolve_init
 
-REPO_ROOT = runs.REPO_ROOT
+REPO_ROOT = paths.REPO_ROOT
 NOTEBOOKS = ("train.ipynb", "pretrain.ipynb")
 
 
@@ -157,21 +158,31 @@ def _has_best_checkpoint(run_dir: Path) -> bool:
 
 
 def plan(study: Study, outputs=None) -> list[dict]:
-    """One row per (cell, seed): its run folder and whether it is complete. A run another cell
-    refers to (a teacher) is complete only with its checkpoint: a fresh clone has the recorded
-    metrics but no checkpoints (git keeps none), so its teachers are made again."""
+    """One row per (cell, seed): its run folder and whether it is complete.
+
+    A run is looked for in the run cache (`outputs`), then among the records (`outputs/` of the
+    repository) under the same run id, which covers params, data and starting checkpoints; a
+    record is used for its numbers only (`from: record`). A run another cell refers to (a
+    teacher) is complete only in the cache with its checkpoint, since records keep none. A run
+    whose teacher or init does not exist yet has a provisional id and is not complete."""
+    from stlib.experiments import identity, records
     rows = []
     referenced = _referenced(study)
     for label in study.cells:
         for seed in study.seeds:
             p = cell_params(study, label, seed, outputs)
             run_dir = runs.resolve_run_dir(p, outputs=outputs)
-            m = run_dir / "metrics.json"
-            done = m.is_file() and json.loads(m.read_text()).get("status") == "complete"
+            provisional = identity.is_provisional(identity.run_identity(p))
+            done = not provisional and records.complete_metrics(run_dir) is not None
             if done and label in referenced:
                 done = _has_best_checkpoint(run_dir)
+            source = "cache"
+            if not done and not provisional and label not in referenced:
+                rec = records.record_run(run_dir.name)
+                if rec is not None:
+                    run_dir, done, source = rec, True, "record"
             rows.append({"cell": label, "seed": seed, "run_id": run_dir.name, "run_dir": str(run_dir),
-                         "complete": done})
+                         "complete": done, "from": source})
     return rows
 
 
@@ -184,10 +195,12 @@ def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = 
     if jobs > 1:
         run_parallel(study, outputs, jobs, progress)
         return results(study, outputs)
-    todo = [r for r in plan(study, outputs) if not r["complete"]]
-    for r in tqdm(todo, desc=study.name, unit="run", disable=not progress or not todo):
-        runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
-                 progress, direct)
+    depth = _depths(study)
+    for level in sorted(set(depth.values())):   # teachers first: their students' ids need their checkpoints
+        todo = [r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level]
+        for r in tqdm(todo, desc=f"{study.name} (wave {level})", unit="run", disable=not progress or not todo):
+            runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
+                     progress, direct)
     return results(study, outputs)
 
 
@@ -235,7 +248,6 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
     self-training students, each pseudo-label store they need is made once (`stlib pseudo-label`),
     so students sharing a teacher and a pool do not label it twice."""
     import sys
-    from stlib.io import write_text_atomic
     import time
     from stlib.io import lock_holder
     outputs = Path(outputs or runs.default_outputs())
@@ -249,9 +261,7 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
         stores, train = {}, []
         for r in todo:
             p = cell_params(study, r["cell"], r["seed"], outputs)
-            run_dir = Path(r["run_dir"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "params.yaml", cfg.dump_params(p))
+            run_dir = runs.prepare_run_dir(p, outputs)
             st = p.self_train
             if st.teacher and st.unlabeled:
                 from stlib.pseudo.label import store_dir_for
@@ -446,14 +456,12 @@ def report_markdown(study: Study, rows: list[dict]) -> str:
 
 
 def _repo_relative(path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    return paths.relative(path)
 
 
 def write_report(study: Study, rows: list[dict], out_dir) -> Path:
-    """outputs/studies/<name>/: report.md, results.json and convergence.png (when asked for)."""
+    """<outputs>/studies/<name>/: report.md, results.json, convergence.png (when asked for), and where the
+    study has a record, record_comparison.md (this report next to it)."""
     from stlib.io import write_json_atomic, write_text_atomic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -465,4 +473,8 @@ def write_report(study: Study, rows: list[dict], out_dir) -> Path:
         payload["convergence"] = convergence_summary(study, rows)
         plot_convergence(study, rows, out_dir / "convergence.png")
     write_json_atomic(out_dir / "results.json", payload)
+    from stlib.experiments.records import comparison_markdown, is_record
+    comparison = None if is_record(out_dir) else comparison_markdown(study, rows)
+    if comparison:
+        write_text_atomic(out_dir / "record_comparison.md", comparison)
     return out_dir

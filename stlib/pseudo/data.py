@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 
 from stlib.data.coco import CorruptImageError, DetectionRecord, DetectionSource
+from stlib.pseudo.labels import pixel_digest
 
 
 def oracle_labels(labels, source) -> list:
@@ -52,6 +53,7 @@ class PseudoLabeledSource(DetectionSource):
         self.ignore_threshold = float(ignore_threshold)
         self.soft = bool(soft)
         self._source_index = [l.index for l in kept]
+        self._content = [l.content for l in kept]
         records = []
         for l in kept:
             sure = l.scores >= threshold
@@ -70,9 +72,18 @@ class PseudoLabeledSource(DetectionSource):
                                        "ignore_boxes": int(sum(int((r.classes < 0).sum()) for r in records))})
 
     def load_image(self, index: int):
+        """The unlabeled image of record `index`, checked to be the one the teacher labelled: same
+        name and, where the store recorded it, same pixels. Anything else is a `CorruptImageError`
+        (skipped and counted by the pipeline), never a label on the wrong image."""
         r = self.records[index]
-        image = self.unlabeled.load_image(self._source_index[index])
+        i = self._source_index[index]
+        if self.unlabeled.key(i) != r.file_name:
+            raise CorruptImageError(r.file_name, f"the source's image {i} is now {self.unlabeled.key(i)!r}, not the "
+                                                 "one the teacher labelled")
+        image = self.unlabeled.load_image(i)
         if image.shape[:2] != (r.height, r.width):
             raise CorruptImageError(r.file_name, f"size {image.shape[0]}x{image.shape[1]} differs from the "
                                                  f"{r.height}x{r.width} it was labelled at")
+        if self._content[index] and pixel_digest(image) != self._content[index]:
+            raise CorruptImageError(r.file_name, "its pixels differ from the image the teacher labelled")
         return image

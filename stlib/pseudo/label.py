@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from stlib import config as cfg
 from stlib.data.pipeline import prefetch, resize_long_side
-from stlib.pseudo.labels import ImageLabels
+from stlib.pseudo.labels import ImageLabels, pixel_digest
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.store import PseudoLabelStore
 from stlib.pseudo.teacher import TeacherRun
@@ -37,19 +37,28 @@ from stlib.train import sharding
 DEFAULT_SHARD_SIZE = 500  # our choice: ~1 s of mini inference per shard, 2,400 shards for ImageNet
 
 
-def store_key(teacher: TeacherRun, unlabeled: str, min_score: float, nms: str, max_images: int) -> dict:
-    """What a store's content depends on (hashed into its folder name)."""
-    key = {"teacher": teacher.run_id, "unlabeled": unlabeled, "min_score": float(min_score), "nms": nms,
+def store_key(teacher: TeacherRun, unlabeled: str, min_score: float, nms: str, max_images: int,
+              source_identity: str) -> dict:
+    """What a store's content depends on (hashed into its folder name): the teacher's weights (its
+    checkpoint digest, not its name: a teacher re-made on another machine labels into a new store),
+    the unlabeled images (names and sizes) and the labelling settings."""
+    key = {"teacher": teacher.run_id, "teacher_digest": teacher.digest, "unlabeled": unlabeled,
+           "source_identity": source_identity, "min_score": float(min_score), "nms": nms,
            "max_images": int(max_images)}
     if nms == "soft_nms":
         key["soft_nms_sigma"] = float(teacher.params.postprocess.soft_nms_sigma)
     return key
 
 
-def default_store_dir(teacher: TeacherRun, unlabeled: str, min_score: float, nms: str, max_images: int) -> Path:
-    """<outputs>/pseudo_labels/<teacher run id>-<hash>: beside the teacher's outputs/runs folder,
-    addressed by everything the labels depend on."""
-    key = store_key(teacher, unlabeled, min_score, nms, max_images)
+def default_store_dir(teacher: TeacherRun, unlabeled: str, min_score: float, nms: str, max_images: int,
+                      source_identity: str | None = None) -> Path:
+    """<outputs>/pseudo_labels/<teacher run id>-<hash>: beside the teacher's runs folder (in the
+    run cache), addressed by everything the labels depend on (`store_key`)."""
+    if source_identity is None:
+        tp = teacher.params
+        source_identity = parse_unlabeled(unlabeled, tp.data.world_scale, tp.data.world_seed,
+                                          tp.data.tfds_data_dir).identity()
+    key = store_key(teacher, unlabeled, min_score, nms, max_images, source_identity)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return teacher.dir.parent.parent / "pseudo_labels" / f"{teacher.run_id}-{digest}"
 
@@ -104,9 +113,12 @@ def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float 
         raise cfg.ParamsError(f"nms must be nms|soft_nms, got {nms!r}")
     source = parse_unlabeled(unlabeled, tp.data.world_scale, tp.data.world_seed, tp.data.tfds_data_dir)
     n = len(source) if not max_images else min(max_images, len(source))
-    root = Path(store_dir) if store_dir else default_store_dir(t, unlabeled, min_score, nms, max_images)
+    source_identity = source.identity()
+    root = Path(store_dir) if store_dir else default_store_dir(t, unlabeled, min_score, nms, max_images,
+                                                                 source_identity)
     categories = t.categories()
-    meta = {"teacher": t.relative(), "teacher_run_id": t.run_id, "teacher_AP": t.metrics.get("AP"),
+    meta = {"teacher": t.relative(), "teacher_run_id": t.run_id, "teacher_digest": t.digest,
+            "teacher_AP": t.metrics.get("AP"), "source_identity": source_identity,
             "source": unlabeled, "source_name": source.name, "min_score": float(min_score), "nms": nms,
             "soft_nms_sigma": float(tp.postprocess.soft_nms_sigma) if nms == "soft_nms" else None,
             "max_images": int(max_images), "image_size": tp.data.image_size, "categories": categories}
@@ -167,8 +179,10 @@ def _label_shards(t: TeacherRun, source, store: PseudoLabelStore, shards: list, 
                 ok = det["valid"][row] & (det["scores"][row] >= min_score)
                 boxes = det["boxes"][row][ok] / full["scale"][row]
                 boxes = np.clip(boxes, 0, [img.shape[0], img.shape[1], img.shape[0], img.shape[1]])
-                labels.append(ImageLabels(i, key, img.shape[0], img.shape[1], boxes, det["classes"][row][ok],
-                                          det["scores"][row][ok]))
+                area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # clipping can collapse a box
+                labels.append(ImageLabels(i, key, img.shape[0], img.shape[1], boxes[area],
+                                          det["classes"][row][ok][area], det["scores"][row][ok][area],
+                                          content=pixel_digest(img)))
             bar.update(len(chunk))
         if pidx == 0:
             store.write_shard(k, labels)

@@ -12,8 +12,17 @@ class map with 255 = ignore); detection stores leave it None.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """The identity of an image's content: a hash of its decoded pixels and shape. A store keys
+    each image by name and content, so a file renamed or replaced under a name is not mistaken
+    for the image that was labelled."""
+    a = np.ascontiguousarray(image)
+    return hashlib.sha1(f"{a.shape}|".encode() + a.tobytes()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -27,6 +36,7 @@ class ImageLabels:
     scores: np.ndarray         # float32 [n]
     skipped: str = ""          # non-empty: why the image has no labels (e.g. "corrupt: ...")
     mask: np.ndarray | None = None  # segmentation pseudo mask (uint8 [height, width], 255 = ignore)
+    content: str = ""          # `pixel_digest` of the image the labels were made on ("" = not recorded)
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from stlib.data.coco import CorruptImageError, DataError, decode_image
+from stlib.data.identity import listing_digest, sha256_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -111,6 +112,11 @@ class UnlabeledSource:
 
     def key(self, i: int) -> str:
         """Stable name of image ``i``."""
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        """A digest of which images the source holds (names and sizes, or a dataset's info), the
+        same on every machine: a pseudo-label store and its students are addressed by it."""
         raise NotImplementedError
 
     def load_image(self, i: int) -> np.ndarray:
@@ -188,6 +194,13 @@ class FolderSource(UnlabeledSource):
     def key(self, i: int) -> str:
         """The image's path relative to ``root`` (posix separators)."""
         return self._keys[self._check_index(i)]
+
+    def identity(self) -> str:
+        """`stlib.data.identity.listing_digest` of the images' relative paths and sizes, in order:
+        a renamed, added, removed or resized image is another source."""
+        if getattr(self, "_identity", None) is None:
+            self._identity = listing_digest((k, (self.root / k).stat().st_size) for k in self._keys)[:16]
+        return self._identity
 
     def path(self, i: int) -> pathlib.Path:
         """Absolute path of image ``i``."""
@@ -284,6 +297,13 @@ class TfdsImageSource(UnlabeledSource):
 
     def key(self, i: int) -> str:
         return f"{self.split}/{self._check_index(i)}"
+
+    def identity(self) -> str:
+        """The prepared dataset's name, version and split size, and its checksums where tfds has them."""
+        info = self._builder.info
+        split = info.splits[self.split]
+        files = getattr(split, "filenames", None) or []
+        return sha256_bytes(f"{info.full_name}:{self.split}:{split.num_examples}:{sorted(files)}".encode())[:16]
 
     def _read(self, start: int, stop: int) -> Iterator[bytes]:
         """Encoded images of ``split[start:stop]``, in order."""

@@ -17,7 +17,8 @@ source) is refused, so a store is never silently mixed from two teachers.
 Shard arrays (``np.load``-able without pickle): ``index`` [n] i64, ``key`` [n] unicode,
 ``height``/``width`` [n] i32, ``skipped`` [n] unicode, ``num_boxes`` [n] i32, and the
 concatenated boxes of the shard: ``boxes`` [M, 4] f32 (yxyx, original pixels),
-``classes`` [M] i32 (1..K), ``scores`` [M] f32. When any image of the shard has a
+``classes`` [M] i32 (1..K), ``scores`` [M] f32, and ``content`` [n] unicode (each image's
+pixel digest, `stlib.pseudo.labels.pixel_digest`: images are keyed by name and content). When any image of the shard has a
 segmentation pseudo mask: ``has_mask`` [n] bool, ``mask_png`` [B] uint8 (the masks as
 concatenated PNG files) and ``mask_offsets`` [n + 1] i64.
 """
@@ -38,16 +39,24 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from stlib.config import ParamsError
 from stlib.io import to_jsonable, write_bytes_atomic, write_json_atomic
 from stlib.pseudo.labels import ImageLabels
 
-__all__ = ["STORE_VERSION", "PseudoLabelStore"]
+__all__ = ["STORE_VERSION", "PseudoLabelStore", "StoreError", "check_export_thresholds"]
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened, resumed or written as asked (the message names the folder)."""
 
 STORE_VERSION = 1
 META_FILE = "store.json"
 SHARD_DIR = "shards"
 # Keys mark_complete adds; ignored when a store is reopened with `create`.
 _STATUS_KEYS = ("complete", "summary")
+# Provenance shown to people but not part of what the labels are (a teacher's AP is a float of the
+# machine that measured it, its folder a path): never compared when a store is reopened.
+_INFO_KEYS = ("teacher", "teacher_AP", "source_name")
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.npz$")
 # A temp file older than this is a leftover of a killed writer (a live write takes seconds);
 # younger ones may belong to another process writing another shard of the same store.
@@ -71,10 +80,10 @@ def _normalize(obj):
 
 def _check_categories(categories, where: str) -> list[dict]:
     if not isinstance(categories, list) or not categories:
-        raise ValueError(f"{where}: 'categories' must be a non-empty list of {{'id', 'name'}}, got {categories!r}")
+        raise StoreError(f"{where}: 'categories' must be a non-empty list of {{'id', 'name'}}, got {categories!r}")
     for i, c in enumerate(categories):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise ValueError(f"{where}: categories[{i}] must be an object with 'id' and 'name', got {c!r}")
+            raise StoreError(f"{where}: categories[{i}] must be an object with 'id' and 'name', got {c!r}")
     return categories
 
 
@@ -118,17 +127,17 @@ class PseudoLabelStore:
         """
         root = pathlib.Path(root)
         if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 0:
-            raise ValueError(f"pseudo-label store {root}: num_images must be an integer >= 0, got {num_images!r}")
+            raise StoreError(f"pseudo-label store {root}: num_images must be an integer >= 0, got {num_images!r}")
         if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-            raise ValueError(f"pseudo-label store {root}: shard_size must be an integer >= 1, got {shard_size!r}")
+            raise StoreError(f"pseudo-label store {root}: shard_size must be an integer >= 1, got {shard_size!r}")
         reserved = sorted(set(meta) & set(_STATUS_KEYS))
         if reserved:
-            raise ValueError(f"pseudo-label store {root}: meta may not set {reserved}; the store writes them")
+            raise StoreError(f"pseudo-label store {root}: meta may not set {reserved}; the store writes them")
         full = dict(meta)
         layout = {"version": STORE_VERSION, "num_images": int(num_images), "shard_size": int(shard_size)}
         for key, value in layout.items():
             if key in full and full[key] != value:
-                raise ValueError(f"pseudo-label store {root}: meta[{key!r}]={full[key]!r} contradicts {key}={value!r}")
+                raise StoreError(f"pseudo-label store {root}: meta[{key!r}]={full[key]!r} contradicts {key}={value!r}")
             full[key] = value
         _check_categories(full.get("categories"), f"pseudo-label store {root} meta")
         full = _normalize(full)
@@ -137,9 +146,10 @@ class PseudoLabelStore:
             store = cls.open(root)
             old = {k: v for k, v in store.meta.items() if k not in _STATUS_KEYS}
             diffs = [f"{k!r}: store has {old.get(k, '<absent>')!r}, new {full.get(k, '<absent>')!r}"
-                     for k in sorted(set(old) | set(full)) if old.get(k, "<absent>") != full.get(k, "<absent>")]
+                     for k in sorted((set(old) | set(full)) - set(_INFO_KEYS))
+                     if old.get(k, "<absent>") != full.get(k, "<absent>")]
             if diffs:
-                raise ValueError(
+                raise StoreError(
                     f"pseudo-label store {root} was made with different settings, refusing to mix them "
                     f"(use another folder or delete this one): " + "; ".join(diffs)
                 )
@@ -161,15 +171,15 @@ class PseudoLabelStore:
         try:
             meta = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from e
+            raise StoreError(f"{path}: not valid JSON: {e}") from e
         if not isinstance(meta, dict):
-            raise ValueError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+            raise StoreError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
         if meta.get("version") != STORE_VERSION:
-            raise ValueError(f"{path}: store version {meta.get('version')!r}, this code reads version {STORE_VERSION}")
+            raise StoreError(f"{path}: store version {meta.get('version')!r}, this code reads version {STORE_VERSION}")
         for key, low in (("num_images", 0), ("shard_size", 1)):
             v = meta.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{path}: {key!r} must be an integer >= {low}, got {v!r}")
+                raise StoreError(f"{path}: {key!r} must be an integer >= {low}, got {v!r}")
         _check_categories(meta.get("categories"), str(path))
         return meta
 
@@ -193,7 +203,7 @@ class PseudoLabelStore:
     # ------------------------------------------------------------------ shards
     def _check_shard(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_shards:
-            raise ValueError(f"pseudo-label store {self.root}: shard {k!r} outside 0..{self.num_shards - 1}")
+            raise StoreError(f"pseudo-label store {self.root}: shard {k!r} outside 0..{self.num_shards - 1}")
         return int(k)
 
     def shard_range(self, k: int) -> range:
@@ -233,26 +243,26 @@ class PseudoLabelStore:
                         (("missing", missing), ("duplicate", duplicate), ("extra", extra)) if v]
             if not problems:
                 problems = ["indices out of order"]
-            raise ValueError(f"{where} needs one ImageLabels per index {expected[0]}..{expected[-1]} in order: "
+            raise StoreError(f"{where} needs one ImageLabels per index {expected[0]}..{expected[-1]} in order: "
                              + ", ".join(problems))
         num_classes = len(self.categories)
         for label in labels:
             what = f"{where}: image {label.index} ({label.key!r})"
             if label.classes.size and (label.classes.min() < 1 or label.classes.max() > num_classes):
                 bad = sorted({int(c) for c in label.classes if not 1 <= c <= num_classes})
-                raise ValueError(f"{what} has classes {bad} outside 1..{num_classes}")
+                raise StoreError(f"{what} has classes {bad} outside 1..{num_classes}")
             if not (np.isfinite(label.boxes).all() and np.isfinite(label.scores).all()):
-                raise ValueError(f"{what} has non-finite boxes or scores")
+                raise StoreError(f"{what} has non-finite boxes or scores")
             if label.skipped and label.boxes.size:
-                raise ValueError(f"{what} is skipped ({label.skipped!r}) but has {len(label.boxes)} boxes")
+                raise StoreError(f"{what} is skipped ({label.skipped!r}) but has {len(label.boxes)} boxes")
             if label.mask is not None:
                 mask = np.asarray(label.mask)
                 if mask.shape != (label.height, label.width):
-                    raise ValueError(f"{what}: mask shape {mask.shape} is not (height, width) = "
+                    raise StoreError(f"{what}: mask shape {mask.shape} is not (height, width) = "
                                      f"{(label.height, label.width)}")
                 if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool) or (
                         mask.size and (mask.min() < 0 or mask.max() > 255)):
-                    raise ValueError(f"{what}: mask must hold integers 0..255 (uint8), got dtype {mask.dtype}")
+                    raise StoreError(f"{what}: mask must hold integers 0..255 (uint8), got dtype {mask.dtype}")
 
     def write_shard(self, k: int, labels: Sequence[ImageLabels]) -> None:
         """Write shard ``k`` atomically: exactly one `ImageLabels` per index of ``shard_range(k)``,
@@ -271,6 +281,8 @@ class PseudoLabelStore:
             "classes": np.concatenate([label.classes for label in labels]).astype(np.int32),
             "scores": np.concatenate([label.scores for label in labels]).astype(np.float32),
         }
+        if any(label.content for label in labels):
+            arrays["content"] = np.array([label.content for label in labels], dtype=str)
         if any(label.mask is not None for label in labels):
             pngs = [b"" if label.mask is None else _encode_png(np.asarray(label.mask).astype(np.uint8))
                     for label in labels]
@@ -289,10 +301,10 @@ class PseudoLabelStore:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {name: z[name] for name in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: cannot read shard: {e}") from e
+            raise StoreError(f"{path}: cannot read shard: {e}") from e
         expected = np.arange(self.shard_range(k).start, self.shard_range(k).stop)
         if not np.array_equal(arrays.get("index"), expected):
-            raise ValueError(f"{path}: holds indices {_show(np.asarray(arrays.get('index', [])).tolist())}, "
+            raise StoreError(f"{path}: holds indices {_show(np.asarray(arrays.get('index', [])).tolist())}, "
                              f"expected {expected[0]}..{expected[-1]}")
         return arrays
 
@@ -313,6 +325,7 @@ class PseudoLabelStore:
                 index=int(a["index"][j]), key=str(a["key"][j]), height=int(a["height"][j]),
                 width=int(a["width"][j]), boxes=a["boxes"][s:e], classes=a["classes"][s:e],
                 scores=a["scores"][s:e], skipped=str(a["skipped"][j]), mask=mask,
+                content=str(a["content"][j]) if "content" in a else "",
             ))
         return out
 
@@ -327,7 +340,7 @@ class PseudoLabelStore:
     def _require_shards(self, action: str) -> None:
         missing = self.missing_shards()
         if missing:
-            raise ValueError(f"pseudo-label store {self.root}: cannot {action}, {len(missing)} of "
+            raise StoreError(f"pseudo-label store {self.root}: cannot {action}, {len(missing)} of "
                              f"{self.num_shards} shards missing: {_show(missing)}; rerun the labelling "
                              "to fill them (it resumes)")
 
@@ -350,7 +363,7 @@ class PseudoLabelStore:
             if self.missing_shards():
                 self._require_shards("load it")
             if not self.complete:
-                raise ValueError(f"pseudo-label store {self.root}: all shards are written but the store is "
+                raise StoreError(f"pseudo-label store {self.root}: all shards are written but the store is "
                                  "not marked complete; call mark_complete() (or pass allow_partial=True)")
         for k in sorted(self.done_shards()):
             for label in self.read_shard(k):
@@ -406,11 +419,21 @@ class PseudoLabelStore:
         images left out; for a world scenes pool the ids equal the hidden ground truth's);
         annotations carry ``bbox`` ``[x, y, w, h]``, ``area`` = w * h, ``score``,
         ``iscrowd`` 0 and ``category_id`` = ``categories[c - 1]["id"]``, so the file loads
-        with pycocotools ``COCO`` and its annotations with ``COCO.loadRes``. ``info`` is the
-        store's provenance plus ``min_score``.
+        with pycocotools ``COCO`` and its annotations with ``COCO.loadRes``. Boxes of zero
+        or negative width or height (a teacher box clipped to the image can collapse) are
+        left out. ``info`` is the store's provenance (its own ``min_score`` as
+        ``store_min_score``) plus ``min_score`` and ``zero_area_boxes_dropped``.
+
+        Raises ``ValueError`` when ``min_score`` is below the store's ``min_score``: the store
+        holds no box under its own, so the export could not be what it says.
         """
+        floor = self.meta.get("min_score")
+        if isinstance(floor, (int, float)) and min_score < floor:
+            raise StoreError(f"pseudo-label store {self.root} kept boxes scoring >= {floor:g} only; an export at "
+                             f"min_score {min_score:g} would say it holds boxes it never kept: export at >= {floor:g}")
         cat_ids = [c["id"] for c in self.categories]
         images, annotations = [], []
+        dropped = 0
         for label in self.iter_labels(min_score, allow_partial):
             if label.skipped:
                 continue
@@ -419,11 +442,29 @@ class PseudoLabelStore:
             for (ymin, xmin, ymax, xmax), c, s in zip(label.boxes.tolist(), label.classes.tolist(),
                                                       label.scores.tolist()):
                 w, h = xmax - xmin, ymax - ymin
+                if not (w > 0 and h > 0):
+                    dropped += 1
+                    continue
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[c - 1],
                                     "bbox": [xmin, ymin, w, h], "area": w * h, "score": s, "iscrowd": 0})
-        info = {k: v for k, v in self.meta.items() if k not in ("categories", "summary")}
-        info.update(min_score=float(min_score), store=str(self.root))
+        info = {k: v for k, v in self.meta.items() if k not in ("categories", "summary", "min_score")}
+        if floor is not None:
+            info["store_min_score"] = floor
+        info.update(min_score=float(min_score), zero_area_boxes_dropped=dropped, store=str(self.root))
         dataset = {"info": info, "images": images, "annotations": annotations,
                    "categories": [dict(c) for c in self.categories]}
         write_json_atomic(path, dataset)
         return dataset
+
+
+def check_export_thresholds(min_score: float, threshold: float) -> None:
+    """`stlib pseudo-label`'s ``--min-score`` (the lowest score the store keeps) against its
+    ``--threshold`` (the score its counts and COCO export are for).
+
+    Raises `ParamsError` (one line) when ``min_score > threshold``: the store would hold no box
+    in [threshold, min_score), so "N boxes >= threshold" would count the boxes >= min_score.
+    """
+    if min_score > threshold:
+        raise ParamsError(f"--min-score {min_score:g} is above --threshold {threshold:g}: the store keeps no box "
+                          f"below {min_score:g}, so its counts and COCO export at {threshold:g} would be the boxes "
+                          f">= {min_score:g}; give --threshold >= {min_score:g} or --min-score <= {threshold:g}")

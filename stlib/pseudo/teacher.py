@@ -7,8 +7,9 @@ from pathlib import Path
 import jax
 
 from stlib import config as cfg
+from stlib import paths
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = paths.REPO_ROOT
 
 
 def find_run(path: str | Path, what: str = "self_train.teacher") -> Path:
@@ -49,6 +50,12 @@ class TeacherRun:
             raise cfg.ParamsError(f"{what}: {self.dir} has no best checkpoint under {best} "
                                   "(checkpoints are not in git: re-make the run on this machine)")
         self.run_id = self.dir.name
+        from stlib.train.checkpoints import read_best_digest
+        # the identity of these weights: a teacher re-made on another machine is another teacher
+        self.digest = metrics.get("checkpoint_digest") or read_best_digest(self.dir)
+        if not self.digest:
+            raise cfg.ParamsError(f"{what}: {self.dir} has no checkpoint digest (made before run identities); "
+                                  "make the teacher again with this version of stlib")
 
     def categories(self) -> list[dict]:
         """The teacher's training categories ([{"id", "name"}], contiguous class k = entry k-1)."""
@@ -59,10 +66,7 @@ class TeacherRun:
     def relative(self) -> str:
         """The folder as written into a student's params: repo-relative when inside the repo,
         so run ids do not depend on where the repository is checked out."""
-        try:
-            return self.dir.relative_to(REPO_ROOT).as_posix()
-        except ValueError:
-            return str(self.dir)
+        return paths.relative(self.dir)
 
     def load_state(self, detector):
         """The teacher's best TrainState for `detector` (a `stlib.train.loop.Detector` of its params)."""

@@ -6,11 +6,39 @@ killed right after a save has that save on disk.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
 import flax.serialization
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST_FILE = "digest.json"   # beside the best checkpoint: {"step", "digest"}
+
+
+def tree_digest(tree) -> str:
+    """sha256 of a pytree's arrays (paths, dtypes, shapes and bytes, in path order).
+
+    The identity of a checkpoint: the same on every machine for the same numbers, different
+    for a teacher re-made on another CPU whose floats came out otherwise. Replicated device
+    arrays are read from this process's copy, so every process of a multi-host run agrees."""
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def variables_digest(state) -> str:
+    """`tree_digest` of what a later run loads from a checkpoint: params and BatchNorm statistics."""
+    return tree_digest({"params": state.params, "batch_stats": state.batch_stats})
 
 
 class Checkpoints:
@@ -35,7 +63,14 @@ class Checkpoints:
         self._save(self.latest, step, state)
 
     def save_best(self, step: int, state) -> None:
+        from stlib.io import write_json_atomic
         self._save(self.best, step, state)
+        if jax.process_index() == 0:
+            write_json_atomic(self.dir / "best" / DIGEST_FILE, {"step": int(step), "digest": variables_digest(state)})
+
+    def best_digest(self) -> str | None:
+        """The digest of the best checkpoint's variables (written when it was saved), or None."""
+        return read_best_digest(self.dir.parent, self.best_step())
 
     def latest_step(self):
         return self.latest.latest_step()
@@ -69,3 +104,13 @@ class Checkpoints:
     @staticmethod
     def wipe(directory) -> None:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def read_best_digest(run_dir, step=None) -> str | None:
+    """`<run>/checkpoints/best/digest.json`'s digest (of `step`, when given), or None."""
+    path = Path(run_dir) / "checkpoints" / "best" / DIGEST_FILE
+    try:
+        d = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return d.get("digest") if step is None or d.get("step") == step else None

@@ -30,7 +30,7 @@ from stlib.data.pipeline import DetectionData, prefetch
 from stlib.data.sources import build_detection_sources
 from stlib.eval.coco_eval import detections_to_coco, evaluate_coco
 from stlib.eval.postprocess import PostprocessConfig
-from stlib.io import run_lock, to_jsonable, write_json_atomic, write_text_atomic
+from stlib.io import machine, run_lock, to_jsonable, write_json_atomic, write_text_atomic
 from stlib.models.registry import create_model
 from stlib.train import sharding
 from stlib.train.checkpoints import Checkpoints
@@ -399,6 +399,9 @@ def _train_and_evaluate(params: cfg.Params, run_dir: Path, progress: bool, exper
                     for name, d in exp.train_data.streams.items()} if hasattr(exp.train_data, "streams") else None,
         **({"pseudo_labels": _pseudo_provenance(exp)} if getattr(exp, "pseudo_store", None) is not None else {}),
         "last_train_metrics": next((e for e in reversed(log.entries) if e["kind"] == "train"), None),
+        # what a run that starts from this one (a student, a detector on this init) is addressed by
+        "checkpoint_digest": ckpts.best_digest(),
+        "machine": machine(),
     }
     if is_main:
         write_json_atomic(run_dir / "metrics.json", result)
@@ -408,14 +411,10 @@ def _train_and_evaluate(params: cfg.Params, run_dir: Path, progress: bool, exper
 
 def _pseudo_provenance(exp) -> dict:
     """Where a student's pseudo labels came from (recorded in its metrics.json)."""
-    from stlib.pseudo.teacher import REPO_ROOT
+    from stlib import paths
     store, st = exp.pseudo_store, exp.params.self_train
-    root = Path(store.root).resolve()
-    try:
-        root = root.relative_to(REPO_ROOT)
-    except ValueError:
-        pass
-    return {"store": str(root), "teacher": store.meta.get("teacher"), "teacher_AP": store.meta.get("teacher_AP"),
+    return {"store": paths.relative(store.root), "teacher": store.meta.get("teacher"),
+            "teacher_digest": store.meta.get("teacher_digest"), "teacher_AP": store.meta.get("teacher_AP"),
             "source": store.meta.get("source"), "threshold": st.score_threshold, "targets": st.targets,
             **({"oracle": True} if st.oracle else {}),
             **{k: v for k, v in exp.train_data.streams["pseudo"].source.stats.items() if v}}

@@ -27,14 +27,20 @@ def test_world_names_resolve_to_the_runs_of_the_scales_presets(tmp_path):
 
 
 def test_noisy_student_teacher_is_part_of_its_run_id(tmp_path):
+    import json
+    from stlib.experiments import identity
     ns = cfg.load_params("params/smoke/noisy_student.yaml")
     teacher = runs.resolve_run_dir(cfg.load_params("params/smoke/pretrain.yaml"), outputs=tmp_path)
     r = inits.resolve_init(ns, tmp_path, require=False)
     assert r.pretrain.teacher == str(teacher)
-    other = inits.resolve_init(cfg.load_params("params/smoke/noisy_student.yaml"), tmp_path / "elsewhere",
-                               require=False)
-    assert cfg.run_id(other) != cfg.run_id(r)
-    assert inits.world_init_dir("imagenet++", "smoke", tmp_path).name == cfg.run_id(r)
+    assert identity.is_provisional(identity.run_identity(r))      # no teacher yet
+    assert inits.world_init_dir("imagenet++", "smoke", tmp_path).name == identity.run_id(r)
+    ids = []
+    for digest in ("d1", "d2"):    # the teacher's weights, not its folder, address the student
+        teacher.mkdir(parents=True, exist_ok=True)
+        (teacher / "metrics.json").write_text(json.dumps({"status": "complete", "checkpoint_digest": digest}))
+        ids.append(identity.run_id(r))
+    assert ids[0] != ids[1]
 
 
 def test_a_backbone_mismatch_names_both():

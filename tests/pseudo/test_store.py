@@ -73,7 +73,7 @@ def test_reopen_same_meta_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("change, names", [
-    (dict(meta=dict(META, teacher="runs/other")), ["'teacher': store has 'runs/teacher', new 'runs/other'"]),
+    (dict(meta=dict(META, teacher_digest="other")), ["'teacher_digest': store has '<absent>', new 'other'"]),
     (dict(meta=dict(META, min_score=0.1, extra=1)), ["'extra': store has '<absent>', new 1", "'min_score'"]),
     (dict(num_images=8), ["'num_images': store has 7, new 8"]),
     (dict(shard_size=4), ["'shard_size': store has 3, new 4"]),
@@ -85,6 +85,14 @@ def test_reopen_different_meta_errors(tmp_path, change, names):
         PseudoLabelStore.create(tmp_path, **args)
     for name in names:
         assert name in str(e.value)
+
+
+def test_reopen_ignores_provenance_that_is_not_identity(tmp_path):
+    """A teacher's AP is a float of the machine that measured it and its folder a path: neither is
+    what the labels are, so neither refuses a store (issue 14: a re-made teacher crashed the main job)."""
+    PseudoLabelStore.create(tmp_path, dict(META, teacher_AP=0.0885), N, S)
+    again = PseudoLabelStore.create(tmp_path, dict(META, teacher="elsewhere/teacher", teacher_AP=0.0872), N, S)
+    assert again.meta["teacher_AP"] == 0.0885      # the store keeps what it was made with
 
 
 def test_create_and_open_errors(tmp_path):

@@ -1,0 +1,56 @@
+"""Where stlib reads and writes: the repository, its records, and the user's run cache.
+
+Two trees hold results, and they never mix:
+
+- **records** (`<repo>/outputs/`, in git): what the repository publishes. Small result files
+  of runs, studies and stores (metrics, reports, plots, executed notebooks), each naming the
+  machine it ran on. A user's run never writes here; `stlib publish` copies a finished run or
+  study into it on purpose.
+- **the run cache** (`$STLIB_OUTPUTS`, default `<repo>/.cache/outputs/`, ignored by git): every
+  run, study and pseudo-label store a user makes, with checkpoints. Same layout as the records
+  (`runs/`, `studies/`, `pseudo_labels/`).
+
+Paths written into params and reports are repository-relative where they can be, so a run id
+does not depend on where the repository is checked out.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_DIR = REPO_ROOT / "params"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def records_root() -> Path:
+    """The published records: `$STLIB_RECORDS`, else `<repo>/outputs`."""
+    return Path(os.environ.get("STLIB_RECORDS") or REPO_ROOT / "outputs")
+
+
+def cache_root() -> Path:
+    """The user's run cache: `$STLIB_OUTPUTS`, else `<repo>/.cache/outputs`."""
+    return Path(os.environ.get("STLIB_OUTPUTS") or REPO_ROOT / ".cache" / "outputs")
+
+
+def outputs_root(outputs=None) -> Path:
+    """`outputs` when given (a caller's own cache, e.g. a test's tmp folder), else the run cache."""
+    return Path(outputs) if outputs else cache_root()
+
+
+def relative(path) -> str:
+    """`path` relative to the repository when inside it, else absolute (posix separators)."""
+    p = Path(path).expanduser()
+    try:
+        return p.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(p.resolve()) if p.exists() else str(p)
+
+
+def find(path) -> Path:
+    """A path as given when it exists (or is absolute), else relative to the repository."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / p
+    return alt if alt.exists() else p
