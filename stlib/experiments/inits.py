@@ -137,10 +137,38 @@ def resolve_init(params: cfg.Params, outputs=None, require: bool = True) -> cfg.
     if p.model.init in cfg.NAMED_INITS:
         p = dataclasses.replace(p, model=dataclasses.replace(
             p.model, init=resolve_named(p.model.init, p, outputs, require)))
+    if p.model.init != "rand":
+        p = dataclasses.replace(p, model=dataclasses.replace(p.model, **init_conventions(p.model.init, p)))
     if p.pretrain.teacher in cfg.NAMED_INITS:
         p = dataclasses.replace(p, pretrain=dataclasses.replace(
             p.pretrain, teacher=resolve_named(p.pretrain.teacher, p, outputs, require, what="pretrain.teacher")))
     return p
+
+
+def init_conventions(init: str, params: cfg.Params) -> dict:
+    """The `ModelParams` fields a run must take from the folder it starts from: an imported folder's
+    source BatchNorm epsilon (torchvision 1e-5, keras ResNet50 1.001e-5, EfficientNet 1e-3), or a
+    run's, when that run took one from its own init. Params that set another value are an error
+    naming both (`stlib.models.weight_import.check_conventions`)."""
+    from stlib.models.weight_import import check_conventions
+    from stlib.models.weight_import import init_conventions as imported
+    folder = existing_path(init)
+    if not folder.is_dir():
+        return {}
+    conv = imported(folder)
+    run_params = folder / "params.yaml"
+    if not conv and run_params.is_file():
+        eps = cfg.load_params(run_params).model.backbone_bn_epsilon
+        conv = {} if eps is None else {"backbone_bn_epsilon": eps}
+    if (folder / "stlib_weights.json").is_file():
+        check_conventions(folder, params)
+    else:
+        for key, want in conv.items():
+            have = getattr(params.model, key)
+            if have is not None and have != want:
+                raise InitError(f"model.init {_display(folder)}: its weights need model.{key} = {want}, but the "
+                                f"params set model.{key} = {have}; leave it unset, the init sets it")
+    return conv
 
 
 def checkpoint_path(init: str, params: cfg.Params, outputs=None, what: str = "model.init") -> Path:

@@ -7,7 +7,10 @@ segmenter (`segmentation`) or a classifier (`classification`) from one `ModelPar
 Which BatchNorm settings a backbone uses: ResNet and SpineNet take the model's
 (`model.bn_momentum/bn_epsilon`, the TPU's `batch_norm_activation`); EfficientNet keeps
 its own 0.99 / 1e-3, because the TPU detection and segmentation wrappers pass it no
-overrides (REFERENCE §5.2).
+overrides (REFERENCE §5.2). `model.backbone_bn_epsilon`, when set, is the backbone's
+epsilon whichever it is: an imported `model.init` sets it to its source's (torchvision
+1e-5, ...), since BN statistics are only right with the epsilon they were made with. The
+neck and the detection/segmentation heads keep `model.bn_epsilon`.
 """
 from __future__ import annotations
 
@@ -72,6 +75,8 @@ def create_backbone(mp) -> Callable[..., nn.Module]:
     kw: dict[str, Any] = dict(dtype=_dtype(mp))
     if bn_from_model:
         kw.update(bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon)
+    if mp.backbone_bn_epsilon is not None:   # the imported weights' own (stlib.models.weight_import)
+        kw["bn_epsilon"] = mp.backbone_bn_epsilon
     if is_spinenet(mp.backbone):
         kw.update(activation=mp.activation, min_level=mp.min_level, max_level=mp.max_level)
     rate = getattr(mp, "drop_path_rate", None)
@@ -137,11 +142,13 @@ def classification_head(mp, num_classes: int) -> Callable[..., nn.Module]:
     fn, bn_from_model = BACKBONES[mp.backbone]
     if mp.backbone.startswith("efficientnet-"):
         kw = fn.keywords
+        # The top conv + BN belong to the published network (imported with the backbone): their epsilon too.
+        eps = mp.backbone_bn_epsilon if mp.backbone_bn_epsilon is not None else 1e-3
         return functools.partial(
             ClassificationHead, num_classes=num_classes,
             conv_channels=efficientnet.round_filters(1280, kw["width"]), activation="swish",
             dropout_rate=mp.classifier_dropout if mp.classifier_dropout is not None else kw["dropout_rate"],
-            bn_momentum=0.99, bn_epsilon=1e-3, dtype=_dtype(mp))
+            bn_momentum=0.99, bn_epsilon=eps, dtype=_dtype(mp))
     return functools.partial(ClassificationHead, num_classes=num_classes, conv_channels=None,
                              activation=mp.activation, dropout_rate=mp.classifier_dropout or 0.0,
                              bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon, dtype=_dtype(mp))

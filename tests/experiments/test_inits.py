@@ -71,3 +71,19 @@ def test_paper_scale_unknown_pair_still_says_how_to_import():
 def test_unknown_init_is_a_params_error():
     with pytest.raises(cfg.ParamsError, match="not rand\\|imagenet\\|imagenet\\+\\+\\|simclr"):
         cfg.load_params(SMOKE, ["model.init=imagenet+++"])
+
+
+def test_an_imported_init_gives_the_run_its_source_bn_epsilon(tmp_path):
+    """torchvision's BatchNorm statistics are right only with its epsilon 1e-5 (stlib's default is
+    1e-4): a run starting from an imported folder takes the epsilon it records, and params that
+    set another one are refused naming both."""
+    import json
+    from stlib.models.weight_import import WeightImportError
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "stlib_weights.json").write_text(json.dumps(
+        {"backbone": "resnet-tiny", "format": "torchvision", "bn_epsilon": 1e-5, "source_sha256": "ab"}))
+    p = inits.resolve_init(cfg.load_params(SMOKE, [f"model.init={folder}"]))
+    assert p.model.backbone_bn_epsilon == 1e-5 and p.model.bn_epsilon == 1e-4
+    with pytest.raises(WeightImportError, match=r"1e-05.*0\.001"):
+        inits.resolve_init(cfg.load_params(SMOKE, [f"model.init={folder}", "model.backbone_bn_epsilon=0.001"]))

@@ -1,6 +1,8 @@
 """Every registered part builds by name; necks and heads compose; bad names fail with the name."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -86,3 +88,44 @@ def test_segmenter_preset_is_rejected_by_the_detection_loop():
     p = cfg.load_params(SMOKE, ["model.head=segmentation"])
     with pytest.raises(cfg.ParamsError, match="this loop trains detectors"):
         Detector(p, 3, sharding.create_mesh())
+
+
+def _bn_epsilons(model, size=64) -> dict:
+    """{module path: epsilon} of every BatchNorm the model calls (abstractly)."""
+    import flax.linen as nn
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+            seen["/".join(context.module.path)] = context.module.epsilon
+        return next_fun(*args, **kwargs)
+    with nn.intercept_methods(record):
+        _shapes(model, size)
+    return seen
+
+
+@pytest.mark.parametrize("head", ["retinanet", "segmentation"])
+def test_backbone_bn_epsilon_reaches_the_backbone_only(head):
+    """An imported init's epsilon (model.backbone_bn_epsilon) is every backbone BN's; the neck
+    and the detection/segmentation heads keep model.bn_epsilon."""
+    mp = ModelParams(backbone="resnet-tiny", head=head, fpn_channels=16, head_convs=1, head_channels=16,
+                     bn_epsilon=1e-4, backbone_bn_epsilon=1e-5)
+    eps = _bn_epsilons(create_model(mp, 3))
+    backbone = {k: v for k, v in eps.items() if k.startswith("backbone/")}
+    rest = {k: v for k, v in eps.items() if not k.startswith("backbone/")}
+    assert len(backbone) >= 5 and set(backbone.values()) == {1e-5}
+    assert rest and set(rest.values()) == {1e-4}, rest
+    unset = _bn_epsilons(create_model(dataclasses.replace(mp, backbone_bn_epsilon=None), 3))
+    assert set(unset.values()) == {1e-4}
+
+
+def test_backbone_bn_epsilon_overrides_a_backbones_own():
+    """EfficientNet and resnet50-keras bring their own epsilon; an imported init's replaces it
+    (in EfficientNet's classifier head too: its top conv + BN come with the imported weights)."""
+    own = _bn_epsilons(create_model(ModelParams(backbone="efficientnet-tiny", head="classification"), 3))
+    assert set(own.values()) == {1e-3}
+    mp = ModelParams(backbone="efficientnet-tiny", head="classification", backbone_bn_epsilon=2e-3)
+    assert set(_bn_epsilons(create_model(mp, 3)).values()) == {2e-3}
+    assert registry.create_backbone(ModelParams(backbone="resnet50-keras")).keywords["bn_epsilon"] == 1.001e-5
+    mp = ModelParams(backbone="resnet50-keras", backbone_bn_epsilon=1e-5)
+    assert registry.create_backbone(mp).keywords["bn_epsilon"] == 1e-5

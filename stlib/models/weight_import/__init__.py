@@ -25,6 +25,14 @@ it), `--input unit` for SimCLR (RGB in [0, 1]); a keras EfficientNet file says w
 expects in its own Normalization layer, which is read. Inside the image this is exact;
 at the border the stem's zero padding stands for stlib's mean colour instead of the
 source's zero.
+
+BatchNorm epsilon: a network's BN statistics are right only with the epsilon it ran with
+(torchvision's resnet50 under stlib's default 1e-4 instead of its 1e-5 gives logits up to
+16% off). The source's epsilon (`SOURCE_BN_EPSILON`) is recorded as `bn_epsilon` in
+`stlib_weights.json`; `init_conventions(folder)` turns it into the `ModelParams` field a
+model starting from the folder must take (`backbone_bn_epsilon`), `check_conventions`
+refuses params that set another, and `load_classifier` builds the imported classifier
+with it.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import jax
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -51,6 +60,12 @@ _CONVERTERS = {
     "resnet": {"keras": ("resnet", "from_keras"), "torchvision": ("resnet", "from_torchvision")},
 }
 _KERAS_APPS = {**{f"efficientnet-b{i}": f"EfficientNetB{i}" for i in range(8)}, "resnet50-keras": "ResNet50"}
+# (family, format) -> the BatchNorm epsilon the source's network runs with: torch.nn.BatchNorm2d's
+# default (torchvision resnet50/101), keras.applications.ResNet50's explicit 1.001e-5, keras
+# BatchNormalization's default (keras EfficientNet), timm's BN_EPS_TF_DEFAULT (tf_efficientnet_*).
+# Read off the built models of torch 2.13 / torchvision 0.28 / timm 1.0.31 / keras 3.15.
+SOURCE_BN_EPSILON = {("resnet", "torchvision"): 1e-5, ("resnet", "keras"): 1.001e-5,
+                     ("efficientnet", "keras"): 1e-3, ("efficientnet", "timm"): 1e-3}
 
 
 class WeightImportError(ValueError):
@@ -64,6 +79,15 @@ def _family(arch: str) -> str:
         return "resnet"
     raise WeightImportError(f"no importer for backbone {arch!r} (importable: efficientnet-b0..b7/l2, "
                             "resnet50, resnet50-keras, resnet101)")
+
+
+def source_bn_epsilon(fmt: str, arch: str) -> float:
+    """The BatchNorm epsilon of a `fmt` (keras | timm | torchvision) checkpoint of `arch`."""
+    key = (_family(arch), fmt)
+    if key not in SOURCE_BN_EPSILON:
+        raise WeightImportError(f"{arch}: no {fmt} importer (have: "
+                                f"{', '.join(f for fam, f in SOURCE_BN_EPSILON if fam == key[0])})")
+    return SOURCE_BN_EPSILON[key]
 
 
 def detect_format(path: Path, arch: str) -> str:
@@ -116,8 +140,9 @@ def read_legacy_h5(path: Path):
         return out
 
 
-def read_keras(path: Path, arch: str) -> dict:
-    """Loads a keras file into `keras.applications.<arch>(weights=None)` and returns its weights."""
+def read_keras(path: Path, arch: str, num_classes: int | None = None) -> dict:
+    """Loads a keras file into `keras.applications.<arch>(weights=None)` (with `num_classes`
+    outputs, default 1000) and returns its weights."""
     if arch not in _KERAS_APPS:
         raise WeightImportError(f"{path}: keras files import as {', '.join(_KERAS_APPS)}, not {arch!r}")
     if path.name.lower().endswith((".h5", ".hdf5")) and not path.name.lower().endswith(".weights.h5"):
@@ -132,7 +157,7 @@ def read_keras(path: Path, arch: str) -> dict:
         else:
             # Full classifier first; files saved without the top fall back to include_top=False.
             try:
-                model = app(weights=None, classifier_activation=None)
+                model = app(weights=None, classifier_activation=None, classes=num_classes or 1000)
                 model.load_weights(path)
             except ValueError:
                 model = app(weights=None, include_top=False)
@@ -281,13 +306,15 @@ def _flatten(tree, prefix=()):
         yield prefix, tree
 
 
-def abstract_classifier_variables(arch: str, num_classes: int = 1000) -> dict:
-    """Shapes of the stlib classifier for `arch`, built with `jax.eval_shape` (nothing allocated)."""
+def abstract_classifier_variables(arch: str, num_classes: int = 1000, bn_epsilon: float | None = None) -> dict:
+    """Shapes of the stlib classifier for `arch` (its backbone BN with `bn_epsilon` when
+    given), built with `jax.eval_shape` (nothing allocated)."""
     import jax
     import jax.numpy as jnp
     from stlib.config import ModelParams
     from stlib.models.registry import create_model
-    model = create_model(ModelParams(backbone=arch, head="classification"), num_classes)
+    model = create_model(ModelParams(backbone=arch, head="classification", backbone_bn_epsilon=bn_epsilon),
+                         num_classes)
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False))
 
 
@@ -362,12 +389,13 @@ def import_weights(arch: str, source, out_dir, *, fmt: str | None = None, input_
         raise WeightImportError(f"{source}: no such file")
     fmt = fmt or detect_format(source, arch)
     if fmt == "keras":
-        weights = read_keras(source, arch)
+        weights = read_keras(source, arch, num_classes)
     elif fmt in ("timm", "torchvision"):
         weights = read_state_dict(source)
     else:
         raise WeightImportError(f"--from {fmt!r}: expected keras, timm or torchvision")
     variables = convert(weights, fmt, arch)
+    bn_epsilon = source_bn_epsilon(fmt, arch)
     if input_convention is not None:
         affine = convention_affine(input_convention)
     elif fmt == "keras" and arch == "resnet50-keras":
@@ -379,14 +407,62 @@ def import_weights(arch: str, source, out_dir, *, fmt: str | None = None, input_
     variables = fold_input_convention(variables, affine)
     head = variables["params"].get("head", {}).get("predictions")   # the FC-1000 (absent in notop files)
     classes = num_classes or (int(np.shape(head["kernel"])[1]) if head else 1000)
-    check_variables(variables, abstract_classifier_variables(arch, classes), f"{source} as {arch}")
+    check_variables(variables, abstract_classifier_variables(arch, classes, bn_epsilon), f"{source} as {arch}")
     n_params = int(sum(np.size(x) for _, x in _flatten(variables["params"])))
     meta = dict(backbone=arch, source=str(source.absolute()), source_sha256=_sha256(source), format=fmt,
-                input_convention=input_convention, num_classes=classes if head else None,
+                input_convention=input_convention, bn_epsilon=bn_epsilon, num_classes=classes if head else None,
                 has_head=bool(head), num_params=n_params,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     write_weights(variables, out_dir, meta)
     return meta
+
+
+def init_conventions(folder) -> dict:
+    """The `ModelParams` fields a model whose `model.init` is `folder` must take from it.
+
+    For an `stlib import-weights` folder: {"backbone_bn_epsilon": its source's epsilon}
+    (folders written before it was recorded: the epsilon of their format and backbone).
+    {} for anything else (a run's folder: its model was built from params like ours).
+    """
+    path = Path(folder).expanduser()
+    if not (path / META_FILE).is_file():
+        return {}
+    meta = json.loads((path / META_FILE).read_text())
+    eps = meta.get("bn_epsilon")
+    if eps is None and meta.get("format") and meta.get("backbone"):
+        try:
+            eps = source_bn_epsilon(meta["format"], meta["backbone"])
+        except WeightImportError:
+            eps = None
+    return {} if eps is None else {"backbone_bn_epsilon": float(eps)}
+
+
+def check_conventions(folder, params) -> None:
+    """Raises `WeightImportError` when `params` (a `Params` or its `ModelParams`) explicitly
+    sets a field of `init_conventions(folder)` to another value, naming both."""
+    mp = getattr(params, "model", params)
+    for key, want in init_conventions(folder).items():
+        have = getattr(mp, key)
+        if have is not None and not math.isclose(have, want, rel_tol=1e-9, abs_tol=0.0):
+            raise WeightImportError(
+                f"model.init {folder}: its weights need model.{key} = {want} (their source's), but the params "
+                f"set model.{key} = {have}; leave it unset, the init sets it")
+
+
+def load_classifier(folder) -> tuple:
+    """(model, variables): the classifier an `stlib import-weights` folder holds, built with its
+    source's conventions (`init_conventions`), so `model.apply(variables, x, train=False)` gives
+    the source's logits for stlib's input (RGB normalized with the ImageNet mean/std)."""
+    from stlib.config import ModelParams
+    from stlib.models.registry import create_model
+    path = Path(folder).expanduser()
+    if not (path / META_FILE).is_file():
+        raise WeightImportError(f"{path}: not an `stlib import-weights` folder (no {META_FILE})")
+    variables, meta = read_checkpoint(path)
+    if not meta.get("has_head"):
+        raise WeightImportError(f"{path}: imported without the classifier head (a notop file); no logits to give")
+    mp = ModelParams(backbone=meta["backbone"], head="classification", **init_conventions(path))
+    return create_model(mp, int(meta["num_classes"])), variables
 
 
 def _restore_tree(directory: Path) -> dict:
