@@ -191,6 +191,65 @@ def test_an_unlabeled_folder_with_junk_is_labelled_with_counted_skips(teacher, t
     assert [l.key for l in skipped] == ["broken.png"]
 
 
+def _pool_folder(tmp_path, n=6):
+    from stlib.data.world import ensure_world
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i, p in enumerate(sorted((Path(ensure_world("smoke", 0)) / "pools/scenes/images").glob("*.png"))[:n]):
+        shutil.copy(p, folder / f"img{i}.png")
+    return folder
+
+
+def test_renamed_pool_images_make_a_new_store_whose_export_lists_the_files_there_are(teacher, tmp_path):
+    """Issue 14: renaming 5 images of a pool and labelling again exported names that no longer
+    existed. A store is addressed by its source's image list, so the renamed pool is a new store."""
+    from stlib.pseudo.label import make_pseudo_labels
+    folder = _pool_folder(tmp_path)
+    first = make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, progress=False)
+    for i in range(5):
+        (folder / f"img{i}.png").rename(folder / f"renamed{i}.png")
+    second = make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, progress=False)
+    assert second.root != first.root
+    names = {im["file_name"] for im in second.export_coco(tmp_path / "p.json", min_score=0.01)["images"]}
+    assert names == {p.name for p in folder.iterdir()}
+    assert all(l.content for l in second.load())        # each image keyed by its pixels too
+
+
+def test_renaming_files_while_a_store_is_half_made_never_mixes_them(teacher, tmp_path):
+    """Issue 14: renames between a killed labelling run and its resume gave 5 duplicates and 5 images
+    never labelled. The default store of the renamed pool is a new, whole store; resuming the old
+    folder explicitly is a one-line error naming the changed image list."""
+    from stlib import errors
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.store import PseudoLabelStore, StoreError
+    folder = _pool_folder(tmp_path)
+    half = tmp_path / "half"
+    make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, store_dir=half, shard_size=3, progress=False)
+    (half / "shards" / "shard-00001.npz").unlink()                    # as if killed after shard 0
+    meta = json.loads((half / "store.json").read_text())
+    (half / "store.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("complete", "summary")}))
+    for i in range(5):
+        (folder / f"img{i}.png").rename(folder / f"z{i}.png")
+    with pytest.raises(StoreError, match="source_identity") as e:
+        make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, store_dir=half, shard_size=3, progress=False)
+    assert "\n" not in errors.one_line(e.value)
+    fresh = make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, shard_size=3, progress=False)
+    keys = [l.key for l in fresh.load()]
+    assert sorted(keys) == sorted(p.name for p in folder.iterdir()) and len(set(keys)) == len(keys) == 6
+
+
+def test_a_pseudo_image_replaced_after_labelling_is_a_counted_skip(teacher, tmp_path):
+    from stlib.pseudo.data import PseudoLabeledSource
+    from stlib.pseudo.label import make_pseudo_labels
+    from stlib.pseudo.sources import parse_unlabeled
+    folder = _pool_folder(tmp_path, n=2)
+    store = make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, progress=False)
+    shutil.copy(folder / "img1.png", folder / "img0.png")               # same name, other pixels
+    src = PseudoLabeledSource(store, parse_unlabeled(f"folder:{folder}"), 0.01)
+    assert src.load_image_or_none(1) is not None
+    assert src.load_image_or_none(0) is None and src.stats["images_corrupt"] == 1
+
+
 def test_a_self_training_run_resumes_exactly(teacher, tmp_path, capsys):
     from stlib.train.checkpoints import Checkpoints
     from stlib.train.loop import train_and_evaluate

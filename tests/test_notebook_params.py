@@ -1,0 +1,34 @@
+"""Notebook parameters: every parameters cell parses (papermill warned "Unable to parse line 2
+'OVERRIDES = []'" on a comment with '='), and stlib passes a notebook only parameters it declares
+(it warned "Passed unknown parameter: OVERRIDES" on every run)."""
+import logging
+
+import pytest
+
+from stlib import config as cfg
+from stlib import paths
+from stlib.experiments import runs
+
+NOTEBOOKS = sorted(p.name for p in paths.NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_parameters_cell_parses(name, caplog):
+    import papermill as pm
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        declared = pm.inspect_notebook(str(paths.NOTEBOOKS_DIR / name))
+    assert declared
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
+def test_a_run_passes_only_declared_parameters(tmp_path, monkeypatch):
+    import papermill as pm
+    seen = {}
+
+    def fake(input_path, output_path, parameters, **kw):
+        seen[input_path] = parameters
+    monkeypatch.setattr(pm, "execute_notebook", fake)
+    runs.execute_notebook("train.ipynb", cfg.load_params("params/smoke/retinanet.yaml"), outputs=tmp_path,
+                          progress=False)
+    (path, passed), = seen.items()
+    assert set(passed) <= set(pm.inspect_notebook(path))
