@@ -8,6 +8,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "params/smoke/retinanet.yaml")
 
+# JAX's persistent compilation cache, shared by the test processes and the subprocesses they start
+# (set before anything imports jax): the suite compiles the same smoke programs again and again, and a
+# cached one loads in a fraction of a second (a smoke `stlib train` process: 29 s cold, 9 s warm).
+# Compiled programs are keyed by the program, the jax/XLA versions and the flags, so numbers are unchanged.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".cache" / "jax-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 @pytest.fixture(scope="session")
 def repo():

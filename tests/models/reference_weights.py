@@ -35,16 +35,21 @@ _BN_ROLES = {"torch": ("weight", "bias", "running_mean", "running_var"),
              "keras": ("gamma", "beta", "moving_mean", "moving_variance")}
 
 
-def torchvision_resnet50_layout(num_classes: int = NUM_CLASSES) -> list[tuple[str, tuple]]:
-    """[(name, shape)] of `torchvision.models.resnet50(num_classes=...).state_dict()`."""
-    out = []
-
+def _torch_layers(out: list):
+    """conv(name, o, i, k) and bn(name, c) appending a torch state dict's (name, shape) entries to `out`."""
     def conv(name, o, i, k):
         out.append((f"{name}.weight", (o, i, k, k)))
 
     def bn(name, c):
         out.extend((f"{name}.{v}", (c,)) for v in _BN_ROLES["torch"])
         out.append((f"{name}.num_batches_tracked", ()))
+    return conv, bn
+
+
+def torchvision_resnet50_layout(num_classes: int = NUM_CLASSES) -> list[tuple[str, tuple]]:
+    """[(name, shape)] of `torchvision.models.resnet50(num_classes=...).state_dict()`."""
+    out = []
+    conv, bn = _torch_layers(out)
 
     conv("conv1", 64, 3, 7)
     bn("bn1", 64)
@@ -66,13 +71,7 @@ def torchvision_resnet50_layout(num_classes: int = NUM_CLASSES) -> list[tuple[st
 def timm_tf_efficientnet_b0_layout(num_classes: int = NUM_CLASSES) -> list[tuple[str, tuple]]:
     """[(name, shape)] of `timm.create_model("tf_efficientnet_b0", num_classes=...).state_dict()`."""
     out = []
-
-    def conv(name, o, i, k):
-        out.append((f"{name}.weight", (o, i, k, k)))
-
-    def bn(name, c):
-        out.extend((f"{name}.{v}", (c,)) for v in _BN_ROLES["torch"])
-        out.append((f"{name}.num_batches_tracked", ()))
+    conv, bn = _torch_layers(out)
 
     def se(name, c, rd):
         out.extend([(f"{name}.conv_reduce.weight", (rd, c, 1, 1)), (f"{name}.conv_reduce.bias", (rd,)),

@@ -60,36 +60,26 @@ def test_caffe_input_folded_into_the_stem(keras_resnet50):
     assert _rel_err(got, want) < 1e-3
 
 
-def _torchvision_state_dict(stages=(3, 4, 6, 3), rng=None):
+def _torchvision_state_dict(rng=None):
     """A torchvision resnet50 state dict by its published names and shapes (random values)."""
+    from tests.models.reference_weights import torchvision_resnet50_layout
     rng = rng or np.random.default_rng(0)
     sd = {}
-
-    def conv(name, o, i, k):
-        sd[f"{name}.weight"] = rng.normal(0, np.sqrt(2 / (k * k * o)), (o, i, k, k)).astype(np.float32)
-
-    def bn(name, c):
-        sd[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        sd[f"{name}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
-        sd[f"{name}.running_mean"] = rng.normal(0, 0.1, c).astype(np.float32)
-        sd[f"{name}.running_var"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        sd[f"{name}.num_batches_tracked"] = np.array(100, np.int64)
-
-    conv("conv1", 64, 3, 7)
-    bn("bn1", 64)
-    cin = 64
-    for s, n in enumerate(stages):
-        w = 64 * 2 ** s
-        for b in range(n):
-            k = f"layer{s + 1}.{b}"
-            conv(f"{k}.conv1", w, cin, 1), bn(f"{k}.bn1", w)
-            conv(f"{k}.conv2", w, w, 3), bn(f"{k}.bn2", w)
-            conv(f"{k}.conv3", 4 * w, w, 1), bn(f"{k}.bn3", 4 * w)
-            if b == 0:
-                conv(f"{k}.downsample.0", 4 * w, cin, 1), bn(f"{k}.downsample.1", 4 * w)
-            cin = 4 * w
-    sd["fc.weight"] = rng.normal(0, 0.01, (1000, 2048)).astype(np.float32)
-    sd["fc.bias"] = np.zeros(1000, np.float32)
+    for name, shape in torchvision_resnet50_layout(1000):
+        if name.endswith("num_batches_tracked"):
+            sd[name] = np.array(100, np.int64)
+        elif name == "fc.bias":
+            sd[name] = np.zeros(shape, np.float32)
+        elif name == "fc.weight":
+            sd[name] = rng.normal(0, 0.01, shape).astype(np.float32)
+        elif len(shape) == 4:
+            sd[name] = rng.normal(0, np.sqrt(2 / (shape[2] * shape[3] * shape[0])), shape).astype(np.float32)
+        elif name.endswith(".weight"):
+            sd[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif name.endswith("running_var"):
+            sd[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:   # bias, running_mean
+            sd[name] = rng.normal(0, 0.1, shape).astype(np.float32)
     return sd
 
 
