@@ -74,10 +74,25 @@ def execute(notebook: str, out_path, parameters: dict, log_output: bool = False)
     out_path = Path(out_path)
     try:
         pm.execute_notebook(str(notebook_path(notebook)), str(out_path), parameters=parameters,
-                            cwd=str(REPO_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3")
+                            cwd=str(REPO_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3",
+                            kernel_manager_class=_quiet_kernel_manager())
     except pm.PapermillExecutionError as e:
         raise NotebookError(e.ename, e.evalue, out_path) from None
     return out_path
+
+
+def _quiet_kernel_manager():
+    """jupyter_client's kernel manager sends SIGINT before every shutdown request, so each normal
+    papermill run logged "KeyboardInterrupt caught in kernel"; a notebook that has finished has
+    nothing to interrupt, so this one skips that interrupt (and only that one)."""
+    from jupyter_client import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+    return QuietShutdownKernelManager
 
 
 class NotebookError(RuntimeError):
