@@ -72,15 +72,20 @@ def machine() -> dict:
     date (records name their machine; floats from another machine are another result)."""
     import datetime
     import platform
-    cpu = platform.processor() or platform.machine()
+    cpu, simd = platform.processor() or platform.machine(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and simd is None:
+                # the widest vector set: two CPUs of one model name can round floats differently
+                flags = set(line.split(":", 1)[1].split())
+                simd = next((f for f in ("avx512f", "avx2", "sse4_2") if f in flags), "")
     except OSError:
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "date": datetime.date.today().isoformat()}
+    if simd:
+        out["simd"] = simd
     try:
         import jax
         dev = jax.devices()[0]

@@ -24,7 +24,7 @@ from stlib import paths
 
 # What never goes into a record (heavy or machine-local; the same list as .gitignore's)
 _SKIP_DIRS = {"checkpoints", "tensorboard", "shards"}
-_SKIP_FILES = {"run.log", "run.lock", "pseudo_labels.npz", "failed.json"}
+_SKIP_FILES = {"run.log", "run.lock", "pseudo_labels.npz", "failed.json", "record_comparison.md"}
 _TEXT = (".json", ".jsonl", ".yaml", ".md", ".ipynb", ".csv", ".txt")
 
 
@@ -69,7 +69,8 @@ def _machine_line(run_dir) -> str:
     mach = m.get("machine") or {}
     if not mach:
         return f"{m.get('platform', '?')} (machine not recorded)"
-    return f"{mach.get('cpu', '?')}, {mach.get('device_kind', mach.get('platform', '?'))}, {mach.get('date', '?')}"
+    simd = f" ({mach['simd']})" if mach.get("simd") else ""
+    return f"{mach.get('cpu', '?')}{simd}, {mach.get('device_kind', mach.get('platform', '?'))}, {mach.get('date', '?')}"
 
 
 def comparison_rows(study, rows: list[dict]) -> list[dict] | None:
