@@ -83,11 +83,24 @@ def test_policy_picks_its_jitter_unless_overridden():
 
 def test_recorded_runs_keep_their_address():
     """Each recorded run's params.yaml resolves to its folder's run id, also after fields were
-    added to the schema (`_added` fields at their default stay out of the hash)."""
+    added to the schema (`_added` fields at their default stay out of the hash): records made
+    before run identities by the params alone, later ones by their identity.json (params hash,
+    data and checkpoint digests; `stlib.experiments.identity`)."""
+    import hashlib
+    import json
+    from stlib.experiments import identity
     runs = sorted((REPO / "outputs/runs").glob("*/params.yaml"))
     assert runs, "no recorded runs in outputs/runs"
     for path in runs:
-        assert cfg.run_id(cfg.load_params(path)) == path.parent.name, path
+        p = cfg.load_params(path)
+        ident_file = path.parent / "identity.json"
+        if not ident_file.is_file():
+            assert cfg.run_id(p) == path.parent.name, path
+            continue
+        ident = json.loads(ident_file.read_text())
+        assert ident["params"] == cfg.params_hash(identity._strip_paths(p)), path
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+        assert f"{p.name}-{digest}" == path.parent.name, path
 
 
 def test_added_fields_change_the_address_when_set():
