@@ -212,14 +212,14 @@ def time_augment(p, mode: str, batch: dict, mesh, steps: int, warmup: int) -> di
 
 @contextlib.contextmanager
 def step_augmentation(kind: str | None):
-    """Swaps the augmentation inside `stlib.train.step.train_step` while a step is traced.
+    """Swaps the augmentation inside `stlib.tasks.detection.train_step` while a step is traced.
 
     None: the real step, untouched. "map"/"vmap": `augment_batch` forced to that mode. "none":
     augmentation replaced by normalization only (`prepare_eval_batch`), the no-augmentation
-    baseline. Patches the name `train_step` calls (`stlib.train.step.augment_batch`); yields a
+    baseline. Patches the name `train_step` calls (`stlib.tasks.detection.augment_batch`); yields a
     list that gets an entry per call, so a step that no longer calls it is caught.
     """
-    import stlib.train.step as step_mod
+    import stlib.tasks.detection as step_mod
     from stlib.augment import prepare_eval_batch
 
     calls = []
@@ -246,7 +246,7 @@ def time_train_step(p, host_batch: dict, mesh, num_classes: int, steps: int, war
     import jax
 
     from stlib.train import sharding
-    from stlib.train.loop import Detector
+    from stlib.tasks.detection import Detector
 
     batch = sharding.shard_batch(host_batch, mesh)
     with step_augmentation(augmentation) as calls:
@@ -256,7 +256,7 @@ def time_train_step(p, host_batch: dict, mesh, num_classes: int, steps: int, war
         compiled = detector.train_step.lower(state, batch).compile()
         t1 = time.perf_counter()
     if calls is not None and not calls:
-        raise SystemExit("stlib.train.step.train_step no longer calls stlib.train.step.augment_batch; "
+        raise SystemExit("stlib.tasks.detection.train_step no longer calls stlib.tasks.detection.augment_batch; "
                          "update benchmarks/augment.py's step_augmentation")
     holder = {"state": state}
 
@@ -272,7 +272,7 @@ def time_train_step(p, host_batch: dict, mesh, num_classes: int, steps: int, war
 
 
 def train_step_mode(image_size: int) -> str:
-    """The mode `stlib.train.step.train_step` augments with: it calls augment_batch without one, so the
+    """The mode `stlib.tasks.detection.train_step` augments with: it calls augment_batch without one, so the
     default, which `batch_mode` resolves for this platform and image size."""
     import inspect
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train-step benchmark: compile time, ms/step, images/s and FLOP/s of stlib's real jitted train step.
 
-No dataset is needed: the model, optimizer, state and jitted `stlib.train.step.train_step` are
-built from a params preset as `stlib.train.loop.Experiment` builds them (replicated state,
+No dataset is needed: the model, optimizer, state and jitted `stlib.tasks.detection.train_step` are
+built from a params preset as `stlib.tasks.detection.DetectionTask` builds them (replicated state,
 batch sharded on the mesh's `data` axis, state donated), and fed a synthetic batch with the
 shapes and dtypes of `stlib.data.pipeline.DetectionData`. See benchmarks/README.md.
 
@@ -177,7 +177,7 @@ def run_benchmark(args) -> dict:
     from stlib import config as cfg
     from stlib.data import world
     from stlib.train import sharding
-    from stlib.train.loop import Detector
+    from stlib.tasks.detection import Detector
     from stlib.train.state import count_params
 
     path = preset_path(args.model)
@@ -192,7 +192,7 @@ def run_benchmark(args) -> dict:
     size, bs, mp = p.data.image_size, p.train.batch_size, p.model
     num_classes = len(world.detection_categories()) if p.data.source == "world" else COCO_CLASSES
 
-    # The same Detector (model, anchors, optimizer, jitted steps) that stlib.train.loop.Experiment uses.
+    # The same Detector (model, anchors, optimizer, jitted steps) that stlib.tasks.detection.DetectionTask uses.
     mesh = sharding.create_mesh()
     try:
         sharding.check_batch_size(bs, mesh)
@@ -273,7 +273,7 @@ def report(r: dict) -> str:
     """The `key: value` lines; the last one is `images/s: <number>`."""
     L = []
     add = lambda k, v: L.append(f"{k}: {v}")
-    add("benchmark", "stlib.train.step.train_step (jitted; synthetic batch; state replicated, batch sharded on 'data')")
+    add("benchmark", "stlib.tasks.detection.train_step (jitted; synthetic batch; state replicated, batch sharded on 'data')")
     add("model", f"{r['model']} ({r['params_file']}: {r['backbone']}, FPN {r['fpn_channels']}, "
                  f"heads {r['head_convs']}x{r['head_channels']}, {r['num_classes']} classes)")
     add("image size", r["size"])

@@ -20,6 +20,25 @@ import argparse
 import json
 import sys
 
+from stlib import config as cfg
+from stlib import errors, paths, registry
+from stlib.config import SelfTrainParams
+from stlib.data.world import ensure_world
+from stlib.eval.postprocess import NMS_METHODS
+from stlib.experiments import study as st
+from stlib.experiments import runs
+from stlib.experiments.inits import DESCRIPTIONS, resolve_init, world_init_dir
+from stlib.experiments.records import publish
+from stlib.experiments.runs import ensure_world_inits
+from stlib.experiments.self_training import write_self_training_report
+from stlib.models import weight_import as wi
+from stlib.models import zoo
+from stlib.pseudo import quality
+from stlib.pseudo.label import make_pseudo_labels
+from stlib.pseudo.sources import parse_unlabeled
+from stlib.pseudo.store import check_export_thresholds
+from stlib.pseudo.teacher import TeacherRun
+
 
 def _print_result(run_dir, result: dict) -> None:
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -34,21 +53,18 @@ def _print_result(run_dir, result: dict) -> None:
 
 
 def _load(args):
-    from stlib import config as cfg
-    from stlib.experiments.inits import resolve_init
     params = cfg.load_params(args.params, args.set)      # strict: fails here, before any work
+    registry.check_choices(params)                        # every component named is registered
     return resolve_init(params, outputs=args.outputs)     # named inits -> their checkpoint folders
 
 
 def cmd_train(args) -> int:
-    from stlib.experiments import runs
     run_dir, result = runs.run(_load(args), "train.ipynb", args.outputs, not args.quiet, args.direct)
     _print_result(run_dir, result)
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from stlib.experiments import runs
     params = _load(args)
     run_dir, result = runs.run(params, "pretrain.ipynb", args.outputs, not args.quiet, args.direct)
     print(f"run: {run_dir}")
@@ -67,7 +83,6 @@ def _pretrain_summary(result: dict) -> str:
 
 
 def cmd_inits(args) -> int:
-    from stlib.experiments.inits import DESCRIPTIONS, ensure_world_inits, world_init_dir
     results = ensure_world_inits(args.scale, tuple(args.only or DESCRIPTIONS), outputs=args.outputs,
                                  progress=not args.quiet, direct=args.direct)
     print(f"named inits of the {args.scale} world (model.init: <name>):")
@@ -81,7 +96,6 @@ def _run_study_spec(args, notebook: str, parameters: dict, self_training: bool) 
     """`stlib study` / `stlib self-train`: the spec's missing runs, then its report(s), either in this
     process (--direct, --jobs) or through `notebooks/<notebook>` (papermill)."""
     from pathlib import Path
-    from stlib.experiments import runs, study as st
     spec = st.load_study(args.spec)   # every cell's params checked before any run
     outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
     out_dir = outputs / "studies" / spec.name
@@ -90,10 +104,8 @@ def _run_study_spec(args, notebook: str, parameters: dict, self_training: bool) 
                 else st.run_study(spec, outputs, progress=not args.quiet, direct=True, jobs=args.jobs))
         st.write_report(spec, rows, out_dir)
         if self_training:
-            from stlib.experiments.self_training import write_self_training_report
             write_self_training_report(spec, rows, out_dir)
     else:
-        from stlib import paths
         out_dir.mkdir(parents=True, exist_ok=True)
         runs.execute(notebook, out_dir / notebook,
                      {"STUDY_FILE": paths.relative(args.spec), "OUTPUTS": paths.relative(outputs),
@@ -113,19 +125,15 @@ def cmd_study(args) -> int:
 
 
 def cmd_pseudo_label(args) -> int:
-    from stlib.pseudo.label import make_pseudo_labels
-    from stlib.pseudo.store import check_export_thresholds
     check_export_thresholds(args.min_score, args.threshold)    # before any image is labelled
+    NMS_METHODS.get(args.nms, what="--nms")
+    shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
     store = make_pseudo_labels(args.teacher, args.unlabeled, min_score=args.min_score, nms=args.nms,
-                               max_images=args.max_images, store_dir=args.out, shard_size=args.shard_size,
-                               progress=not args.quiet)
+                               max_images=args.max_images, store_dir=args.out, progress=not args.quiet, **shard)
     s = store.summary(args.threshold)
     print(f"store: {store.root}")
     print(f"{s['images']} images ({s['skipped']} skipped), {s['boxes']} boxes >= {args.threshold} "
           f"({s['boxes_per_image']:.2f} per image)")
-    from stlib.pseudo import quality
-    from stlib.pseudo.sources import parse_unlabeled
-    from stlib.pseudo.teacher import TeacherRun
     t = TeacherRun(args.teacher)
     source = parse_unlabeled(args.unlabeled, t.params.data.world_scale, t.params.data.world_seed,
                              t.params.data.tfds_data_dir)
@@ -144,8 +152,6 @@ def cmd_self_train(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from stlib import paths
-    from stlib.experiments.records import publish
     written = publish(args.path, replace=args.replace)
     print(f"published {len(written)} file(s) into {paths.relative(paths.records_root())}/"
           + ("" if written else " (nothing new: already a record)"))
@@ -157,20 +163,17 @@ def cmd_publish(args) -> int:
 
 
 def cmd_world(args) -> int:
-    from stlib.data.world import ensure_world
     print(ensure_world(args.scale, args.seed))
     return 0
 
 
 def cmd_zoo(args) -> int:
-    from stlib.models import zoo
     rows = zoo.zoo_table(args.only or None, size=args.size, progress=not args.json and not args.quiet)
     print(json.dumps(rows, indent=2) if args.json else zoo.format_table(rows))
     return 0
 
 
 def cmd_import_weights(args) -> int:
-    from stlib.models import weight_import as wi
     meta = wi.import_weights(args.backbone, args.source, args.out, fmt=args.fmt, input_convention=args.input,
                              num_classes=args.num_classes)
     print(f"wrote {args.out}: {meta['backbone']} from {meta['format']} ({meta['num_params'] / 1e6:.2f}M params, "
@@ -216,11 +219,15 @@ def main(argv=None) -> int:
     sl.add_argument("teacher", help="the teacher's run folder, e.g. outputs/runs/mini-retinanet-<hash>")
     sl.add_argument("--unlabeled", required=True,
                     help="world:objects | world:scenes | folder:<path> (or a path) | tfds:<name>:<split>")
-    sl.add_argument("--min-score", type=float, default=0.1, help="keep boxes down to this score (default 0.1)")
-    sl.add_argument("--threshold", type=float, default=0.5, help="the training threshold to report (Sec. 3.2: 0.5)")
-    sl.add_argument("--nms", choices=("nms", "soft_nms"), default="nms")
-    sl.add_argument("--max-images", type=int, default=0, help="only the first N images (0 = all)")
-    sl.add_argument("--shard-size", type=int, default=500)
+    st = SelfTrainParams()   # the defaults of self_train.*, written there once
+    sl.add_argument("--min-score", type=float, default=st.store_min_score,
+                    help=f"keep boxes down to this score (default {st.store_min_score}: self_train.store_min_score)")
+    sl.add_argument("--threshold", type=float, default=st.score_threshold,
+                    help=f"the training threshold to report (default {st.score_threshold}: self_train.score_threshold)")
+    sl.add_argument("--nms", default=st.nms, help=f"the teacher's NMS method (default {st.nms}: self_train.nms)")
+    sl.add_argument("--max-images", type=int, default=st.max_images, help="only the first N images (0 = all)")
+    sl.add_argument("--shard-size", type=int, default=None,
+                    help="images per shard (default: stlib.pseudo.label.DEFAULT_SHARD_SIZE)")
     sl.add_argument("--out", default=None, help="store folder (default: outputs/pseudo_labels/<teacher>-<hash>)")
     sl.add_argument("--coco", default=None, help="also export the boxes >= --threshold as COCO json here")
     sl.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -264,7 +271,6 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except Exception as e:   # noqa: BLE001 - errors the project raises on purpose become one line
-        from stlib import errors, paths
         line = errors.one_line(e)
         if line is None:
             raise

@@ -1,4 +1,6 @@
-"""Losses: sigmoid focal loss, Huber box loss, and the RetinaNet detection loss.
+"""Every loss of stlib: detection (sigmoid focal, Huber box, RetinaNet), the stream combination
+of self-training (Appendix B), classification (softmax CE with label smoothing, soft CE),
+SimCLR's NT-Xent and segmentation (softmax CE with an ignore label).
 
 Facts from REFERENCE §4.4 (TPU `modeling/losses.py`): focal alpha 0.25, gamma 1.5;
 Huber delta 0.1; both normalized by the number of positive anchors + 1; box loss
@@ -12,6 +14,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from stlib.models.segmentation import resize_labels_to
+
+# google-research/simclr objective.py LARGE_NUM: logits of excluded pairs (self, padding) are pushed this far down.
+LARGE_NUM = 1e9
 
 
 def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
@@ -157,3 +164,86 @@ def combine_stream_losses(stream_losses: dict, alphas: dict, averages: dict | No
             weights[k] = jnp.asarray(alphas[k], jnp.float32)
     total = sum(weights[k] * stream_losses[k] for k in stream_losses)
     return total, weights
+
+
+# ----------------------------------------------------------------------------- classification
+
+def classification_loss(logits, labels, weight, label_smoothing: float = 0.0):
+    """Softmax cross-entropy with label smoothing, averaged over examples with weight 1.
+
+    Returns (loss, accuracy)."""
+    k = logits.shape[-1]
+    target = jax.nn.one_hot(labels, k) * (1.0 - label_smoothing) + label_smoothing / k
+    ce = -jnp.sum(target * jax.nn.log_softmax(logits), axis=-1)
+    n = jnp.maximum(jnp.sum(weight), 1.0)
+    acc = jnp.sum((jnp.argmax(logits, -1) == labels) * weight) / n
+    return jnp.sum(ce * weight) / n, acc
+
+
+def soft_cross_entropy(logits, targets, weight):
+    """Cross-entropy against target distributions [B, K], averaged over examples with weight 1."""
+    ce = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+    return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+# ----------------------------------------------------------------------------- SimCLR
+
+def nt_xent_loss(z1, z2, temperature: float, weight=None):
+    """NT-Xent (Sec. 2.1, eq. 1) over the 2N anchors of a global batch; plain jnp, jit-able.
+
+    Each row of z1 / z2 [N, D] is one view of image k; z is L2-normalized here (cosine
+    similarity). Anchor a's positive is the other view of its image; its negatives are the other
+    2N - 2 embeddings. The loss is the mean over valid anchors of
+    -log softmax(sim(a, .) / temperature)[positive], the paper's L = 1/(2N) sum_k [l(2k-1, 2k) +
+    l(2k, 2k-1)] (`objective.py` returns loss_a + loss_b, twice this).
+
+    Args:
+      z1, z2: [N, D] projections of the two views (any float dtype; computed in float32).
+      temperature: tau > 0 (SimCLR: 0.1 for ImageNet, `run.py`'s default; 0.5 in the README's
+        CIFAR-10 command).
+      weight: optional [N] in {0, 1}; 0 marks padding, excluded both as an anchor and as a
+        negative of every other anchor (its gradient is zero).
+
+    Returns:
+      (loss, {"contrast_accuracy": fraction of valid anchors whose most similar other
+      candidate is their positive}), float32 scalars.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"nt_xent_loss: want z1, z2 both [N, D], got {z1.shape} and {z2.shape}")
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"nt_xent_loss: temperature must be > 0, got {temperature}")
+    n = z1.shape[0]
+    z = jnp.concatenate([z1, z2]).astype(jnp.float32)
+    # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12)).
+    z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
+    logits = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
+    w = jnp.ones((n,), jnp.float32) if weight is None else jnp.asarray(weight, jnp.float32).reshape(n)
+    w2 = jnp.concatenate([w, w])
+    idx = jnp.arange(2 * n)
+    positive = (idx + n) % (2 * n)
+    candidate = (w2[None, :] > 0) & (idx[:, None] != idx[None, :])
+    logits = jnp.where(candidate, logits, -LARGE_NUM)
+    per_anchor = jax.nn.logsumexp(logits, axis=-1) - logits[idx, positive]
+    count = jnp.maximum(jnp.sum(w2), 1.0)
+    loss = jnp.sum(per_anchor * w2) / count
+    hit = (jnp.argmax(logits, axis=-1) == positive).astype(jnp.float32)
+    return loss, {"contrast_accuracy": jnp.sum(hit * w2) / count}
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+def segmentation_loss(logits, labels, ignore_label: int = 255):
+    """Softmax cross-entropy (no label smoothing, no class weights) between logits
+    [B, h, w, C] and integer labels [B, H, W] (or [B, H, W, 1]) resized to (h, w) by
+    `resize_labels_to`. Pixels equal to `ignore_label` are excluded (after resizing);
+    the loss is the mean over valid pixels, 0 (with zero, finite gradient) when none are.
+    """
+    logits = logits.astype(jnp.float32)
+    labels = resize_labels_to(labels, logits.shape[1:3]).astype(jnp.int32)
+    valid = labels != ignore_label
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    nll = jnp.where(valid, nll, 0.0)
+    count = jnp.sum(valid).astype(jnp.float32)
+    return jnp.sum(nll) / jnp.maximum(count, 1.0)

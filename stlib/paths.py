@@ -21,6 +21,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = REPO_ROOT / "params"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+DOCS_DIR = REPO_ROOT / "docs"
+CACHE_DIR = REPO_ROOT / ".cache"   # ignored by git: the generated world, the run cache (defaults)
 
 
 def records_root() -> Path:
@@ -30,7 +32,7 @@ def records_root() -> Path:
 
 def cache_root() -> Path:
     """The user's run cache: `$STLIB_OUTPUTS`, else `<repo>/.cache/outputs`."""
-    return Path(os.environ.get("STLIB_OUTPUTS") or REPO_ROOT / ".cache" / "outputs")
+    return Path(os.environ.get("STLIB_OUTPUTS") or CACHE_DIR / "outputs")
 
 
 def outputs_root(outputs=None) -> Path:

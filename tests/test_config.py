@@ -1,6 +1,8 @@
 import pytest
 
+import stlib.experiments.assemble  # noqa: F401  (imports every module that defines a registry)
 from stlib import config as cfg
+from stlib import registry
 from tests.conftest import REPO
 
 SMOKE = "params/smoke/retinanet.yaml"
@@ -62,11 +64,59 @@ def test_scientific_notation_without_dot_is_a_float():
         cfg.load_params(SMOKE, ["train.base_lr=fast"])
 
 
+def choice_error(path, overrides) -> str:
+    """The `ParamsError` of `registry.check_choices` for params that load (keys, types, ranges)."""
+    p = cfg.load_params(path, overrides)
+    with pytest.raises(cfg.ParamsError) as info:
+        registry.check_choices(p)
+    return str(info.value)
+
+
 @pytest.mark.parametrize("override,message", [
-    ("augment.policy=s5", "augment.policy must be s1|s2|s3|s4"),
+    ("augment.policy=s5", "augment.policy 's5': unknown augment policy (known: s1|s2|s3|s4)"),
+    ("augment.autoaugment_policy=v9",
+     "augment.autoaugment_policy 'v9': unknown AutoAugment policy (known: v0|v1|v2|v3|test)"),
+    ("self_train.nms=greedy", "self_train.nms 'greedy': unknown NMS method (known: nms|soft_nms)"),
+    ("postprocess.method=diou", "postprocess.method 'diou': unknown NMS method (known: nms|soft_nms)"),
+    ("data.source=s3", "data.source 's3': unknown detection source (known: world|coco|tfds)"),
+    ("train.optimizer=adam", "train.optimizer 'adam': unknown optimizer (known: sgd|lars)"),
+    ("self_train.unlabeled=s3:bucket", "self_train.unlabeled 's3': unknown unlabeled source kind "
+                                       "(known: world|tfds|folder)"),   # its kind, the part before ':'
+
+])
+def test_bad_choices_name_the_field_and_the_known_names(override, message):
+    assert choice_error(SMOKE, [override]) == message
+
+
+def test_every_registry_serving_a_field_is_consulted():
+    """Each field a registry serves, set to a name no registry has, fails `check_choices` naming it."""
+    fields = [(f, reg) for reg in registry.serving() for f in reg.fields]
+    assert {"data.source", "augment.policy", "augment.autoaugment_policy", "pretrain.augment", "model.backbone",
+            "model.neck", "model.head", "model.activation", "postprocess.method", "self_train.nms",
+            "train.optimizer", "self_train.unlabeled", "pretrain.method"} <= {f for f, _ in fields}
+    for field, reg in fields:
+        bogus = "bogus9:x"
+        with pytest.raises(cfg.ParamsError) as info:   # the schema's own check (if any), else the registry's
+            registry.check_choices(cfg.load_params(SMOKE, [f"{field}={bogus}"]))
+        assert str(info.value).startswith(field), str(info.value)
+
+
+def test_presets_name_registered_components():
+    for path in sorted((REPO / "params").glob("*/*.yaml")):
+        import yaml
+        if "base" not in yaml.safe_load(path.read_text()):
+            registry.check_choices(cfg.load_params(path))
+
+
+def test_defaults_and_empty_unlabeled_pass_check_choices():
+    registry.check_choices(cfg.Params())
+    registry.check_choices(cfg.load_params(SMOKE, ["self_train.unlabeled="]))   # empty: not checked
+    registry.check_choices(cfg.load_params(SMOKE, [f"self_train.unlabeled={REPO}"]))   # a plain path
+
+
+@pytest.mark.parametrize("override,message", [
     ("augment.scale_range=[2.0, 1.0]", "augment.scale_range must be"),
     ("augment.large_jitter=[0.5]", "augment.large_jitter must be"),
-    ("augment.autoaugment_policy=v9", "augment.autoaugment_policy must be"),
     ("augment.randaugment_layers=0", "augment.randaugment_layers must be"),
     ("augment.pixel_scale=0", "augment.pixel_scale must be"),
 ])
@@ -111,7 +161,6 @@ def test_added_fields_change_the_address_when_set():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("self_train.nms=greedy", "self_train.nms"),
     ("self_train.score_threshold=1.5", "self_train.score_threshold"),
     ("self_train.store_min_score=0.7", "store_min_score"),
     ("self_train.pseudo_ratio=0", "pseudo_ratio"),

@@ -102,13 +102,13 @@ def test_inits_makes_the_three_pretrained_checkpoints_a_detector_can_start_from(
     from stlib.experiments.inits import resolve_init
     from stlib.models import weight_import as wi
     from stlib.train import sharding
-    from stlib.train.loop import Detector
+    from stlib.tasks.detection import Detector
     variables, meta = wi.read_checkpoint(runs["smoke-pretrain"])
     assert meta["backbone"] == "resnet-tiny" and meta["step"] == pre["best_step"]
     mesh = sharding.create_mesh()
     named = resolve_init(cfg.load_params(SMOKE, ["model.init=imagenet"]), outputs=tmp_path)
     assert named.model.init == str(runs["smoke-pretrain"])
-    loaded = Detector(named, 3, mesh).init_state()
+    loaded = Detector(named, 3, mesh).init_state(init=runs["smoke-pretrain"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.params["backbone"]),
                  variables["params"]["backbone"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.batch_stats["backbone"]),
@@ -126,9 +126,9 @@ def test_inits_makes_the_three_pretrained_checkpoints_a_detector_can_start_from(
     jax.tree.map(np.testing.assert_array_equal, p["fpn"], rand.params["fpn"])
 
     # The Noisy Student student (student_init: teacher) starts from the teacher's weights exactly
-    from stlib.train.pretrain import NoisyStudentExperiment
-    ns_params = resolve_init(cfg.load_params(str(REPO / "params/smoke/noisy_student.yaml")), outputs=tmp_path)
-    student = NoisyStudentExperiment(ns_params, progress=False).init_state()
+    from stlib.experiments.assemble import build_task
+    ns_params = cfg.load_params(str(REPO / "params/smoke/noisy_student.yaml"))
+    student = build_task(ns_params, progress=False, outputs=tmp_path).init_state()
     teacher_vars, _ = wi.read_checkpoint(runs["smoke-pretrain"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.params), teacher_vars["params"])
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, student.batch_stats),

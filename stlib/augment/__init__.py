@@ -15,12 +15,15 @@ import dataclasses
 import jax
 from jax.sharding import PartitionSpec
 
+from stlib.augment import flip_crop
 from stlib.augment.autoaugment import autoaugment
-from stlib.augment.flip_crop import augment_s1, normalize_image
+from stlib.augment.flip_crop import normalize_image
 from stlib.augment.ops import AUTOAUGMENT_CONSTANTS, RANDAUGMENT_CONSTANTS
 from stlib.augment.randaugment import randaugment
+from stlib.registry import Registry
 
-POLICIES = ("s1", "s2", "s3", "s4")
+# name -> policy(key, example, aug); iterated in order s1..s4 (the notebooks' galleries).
+POLICIES = Registry("augment policy", field="augment.policy")
 
 
 def augment_example(key, example: dict, aug) -> dict:
@@ -33,29 +36,48 @@ def augment_example(key, example: dict, aug) -> dict:
     Returns:
       Same keys and shapes; `image` normalized float32, boxes/valid/mask transformed.
     """
-    if aug.policy not in POLICIES:
-        raise ValueError(f"augment.policy: unknown policy {aug.policy!r} (known: {', '.join(POLICIES)})")
+    return POLICIES.get(aug.policy)(key, example, aug)
+
+
+def _flip_crop(key, example, aug, policy: str):
+    """Flip, normalization and the scale jitter/crop of `policy` (its jitter, `AugmentParams.jitter`)."""
+    lo, hi = dataclasses.replace(aug, policy=policy).jitter()
+    return flip_crop.augment_s1(key, example, lo, hi, aug.hflip)
+
+
+@POLICIES.register("s1")
+def augment_s1(key, example, aug):
+    """Augment-S1: FlipCrop."""
+    _, k_flipcrop = jax.random.split(key)
+    return _flip_crop(k_flipcrop, example, aug, "s1")
+
+
+def _autoaugment_then_flip_crop(key, example, aug, policy: str):
     k_policy, k_flipcrop = jax.random.split(key)
-    if aug.policy in ("s2", "s3"):
-        constants = dataclasses.replace(AUTOAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
-        example = autoaugment(k_policy, example, aug.autoaugment_policy, constants)
-    elif aug.policy == "s4":
-        constants = dataclasses.replace(RANDAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
-        example = randaugment(k_policy, example, aug.randaugment_layers, aug.randaugment_magnitude, constants)
-    lo, hi = aug.jitter()
-    return augment_s1(k_flipcrop, example, lo, hi, aug.hflip)
+    constants = dataclasses.replace(AUTOAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
+    example = autoaugment(k_policy, example, aug.autoaugment_policy, constants)
+    return _flip_crop(k_flipcrop, example, aug, policy)
 
 
+@POLICIES.register("s2")
 def augment_s2(key, example, aug):
-    return augment_example(key, example, dataclasses.replace(aug, policy="s2"))
+    """Augment-S2: AutoAugment (`aug.autoaugment_policy`) + FlipCrop."""
+    return _autoaugment_then_flip_crop(key, example, aug, "s2")
 
 
+@POLICIES.register("s3")
 def augment_s3(key, example, aug):
-    return augment_example(key, example, dataclasses.replace(aug, policy="s3"))
+    """Augment-S3: AutoAugment + large scale jitter + flip + crop."""
+    return _autoaugment_then_flip_crop(key, example, aug, "s3")
 
 
+@POLICIES.register("s4")
 def augment_s4(key, example, aug):
-    return augment_example(key, example, dataclasses.replace(aug, policy="s4"))
+    """Augment-S4: RandAugment + large scale jitter + flip + crop."""
+    k_policy, k_flipcrop = jax.random.split(key)
+    constants = dataclasses.replace(RANDAUGMENT_CONSTANTS, pixel_scale=aug.pixel_scale)
+    example = randaugment(k_policy, example, aug.randaugment_layers, aug.randaugment_magnitude, constants)
+    return _flip_crop(k_flipcrop, example, aug, "s4")
 
 
 def batch_mode(mode: str = "auto", image_size: int = 0) -> str:

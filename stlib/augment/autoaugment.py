@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 
 from stlib.augment.ops import AUTOAUGMENT_CONSTANTS, OpConstants, apply_op
+from stlib.registry import Registry
 
 # (op, probability, level) per op; one tuple per sub-policy.
 POLICY_V0 = (
@@ -79,7 +80,11 @@ POLICY_V3 = (
 
 POLICY_TEST = ((("TranslateX_BBox", 1.0, 4), ("Equalize", 1.0, 10)),)
 
-POLICIES = {"v0": POLICY_V0, "v1": POLICY_V1, "v2": POLICY_V2, "v3": POLICY_V3, "test": POLICY_TEST}
+# name -> sub-policies (`augment.autoaugment_policy`)
+POLICIES = Registry("AutoAugment policy", field="augment.autoaugment_policy")
+for _name, _policy in (("v0", POLICY_V0), ("v1", POLICY_V1), ("v2", POLICY_V2), ("v3", POLICY_V3),
+                       ("test", POLICY_TEST)):
+    POLICIES.register(_name, _policy)
 
 
 def apply_subpolicy(key, example, subpolicy, constants: OpConstants = AUTOAUGMENT_CONSTANTS):
@@ -101,9 +106,7 @@ def autoaugment(key, example, policy: str = "v0", constants: OpConstants = AUTOA
     Returns:
       The example with the same keys, shapes and dtypes.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"augment.autoaugment_policy: unknown policy {policy!r} (known: {', '.join(POLICIES)})")
-    subpolicies = POLICIES[policy]
+    subpolicies = POLICIES.get(policy)
     k_choice, k_apply = jax.random.split(key)
     index = jax.random.randint(k_choice, (), 0, len(subpolicies))
     branches = [lambda k, ex, sp=sp: apply_subpolicy(k, ex, sp, constants) for sp in subpolicies]

@@ -23,11 +23,25 @@ from jax.sharding import PartitionSpec
 from stlib.augment.flip_crop import IMAGENET_MEAN, IMAGENET_STD, augment_s1
 from stlib.augment.ops import RANDAUGMENT_CONSTANTS
 from stlib.augment.randaugment import randaugment
+from stlib.registry import Registry
 
 __all__ = ["CLASSIFICATION_POLICIES", "IMAGENET_MEAN", "IMAGENET_STD", "augment_classification",
            "prepare_classification_eval"]
 
-CLASSIFICATION_POLICIES = ("flip_crop", "randaugment")
+# name -> what runs before flip_crop: policy(key, example, randaugment_layers, randaugment_magnitude, constants)
+CLASSIFICATION_POLICIES = Registry("classification augment policy", field="pretrain.augment")
+
+
+@CLASSIFICATION_POLICIES.register("flip_crop")
+def _flip_crop_only(key, example, layers, magnitude, constants):
+    return example
+
+
+@CLASSIFICATION_POLICIES.register("randaugment")
+def _randaugment_first(key, example, layers, magnitude, constants):
+    return randaugment(key, example, layers, magnitude, constants)
+
+
 # RandAugment's classification constants (translate 100 px, cutout 40 px) were set for 224 px
 # ImageNet crops; by default they are scaled by S / 224 so ops move the same share of the image.
 RANDAUGMENT_REFERENCE_SIZE = 224
@@ -57,9 +71,7 @@ def augment_classification(key, images_uint8, policy: str = "flip_crop", randaug
         device's own slice (`shard_map`), as `stlib.augment.augment_batch` does, instead of
         gathering the batch onto every device.
     """
-    if policy not in CLASSIFICATION_POLICIES:
-        raise ValueError(f"augment_classification: unknown policy {policy!r} "
-                         f"(known: {', '.join(CLASSIFICATION_POLICIES)})")
+    before = CLASSIFICATION_POLICIES.get(policy)
     if images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise ValueError(f"augment_classification: want images [B,S,S,3], got shape {images_uint8.shape}")
     size = images_uint8.shape[1]
@@ -71,8 +83,7 @@ def augment_classification(key, images_uint8, policy: str = "flip_crop", randaug
     def one(k, image):
         k_policy, k_flipcrop = jax.random.split(k)
         ex = _as_example(image.astype(jnp.uint8))
-        if policy == "randaugment":
-            ex = randaugment(k_policy, ex, randaugment_layers, randaugment_magnitude, constants)
+        ex = before(k_policy, ex, randaugment_layers, randaugment_magnitude, constants)
         return augment_s1(k_flipcrop, ex, lo, hi, hflip)["image"]
 
     keys = jax.random.split(key, images_uint8.shape[0])

@@ -21,7 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stlib.config import LossParams, ModelParams
 from stlib.data.boxes import encode_boxes, pairwise_iou
+
+# The defaults below are the params' (stlib.config), written there once.
+_MODEL, _LOSS = ModelParams(), LossParams()
 
 # Match types returned by :func:`match_anchors`.
 POSITIVE = 1
@@ -31,17 +35,17 @@ IGNORED = -1
 
 @dataclasses.dataclass(frozen=True)
 class AnchorConfig:
-    """Anchor layout. Defaults are the TPU RetinaNet ones (REFERENCE §4.1).
+    """Anchor layout. Defaults are the TPU RetinaNet ones (REFERENCE §4.1), `stlib.config.ModelParams`'.
 
     ``aspect_ratios`` are width / height. SpineNet-49/49S/96 configs use
     ``anchor_size=3.0``; SpineNet-143/190 keep 4.0 (REFERENCE §4.1).
     """
 
-    min_level: int = 3  # REFERENCE §4.1: levels P3..P7
-    max_level: int = 7
-    num_scales: int = 3  # REFERENCE §4.1: scales 2^(0/3), 2^(1/3), 2^(2/3)
-    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 0.5)  # REFERENCE §4.1: TPU order (TFM uses 0.5, 1, 2)
-    anchor_size: float = 4.0  # REFERENCE §4.1
+    min_level: int = _MODEL.min_level  # levels P3..P7
+    max_level: int = _MODEL.max_level
+    num_scales: int = _MODEL.num_scales  # scales 2^(0/3), 2^(1/3), 2^(2/3)
+    aspect_ratios: tuple[float, ...] = _MODEL.aspect_ratios  # TPU order (TFM uses 0.5, 1, 2)
+    anchor_size: float = _MODEL.anchor_size
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -112,8 +116,8 @@ def match_anchors(
     anchors: jnp.ndarray,
     gt_boxes: jnp.ndarray,
     gt_valid: jnp.ndarray,
-    match_threshold: float = 0.5,  # REFERENCE §4.2: positive if IoU >= 0.5
-    unmatched_threshold: float = 0.5,  # REFERENCE §4.2: negative if IoU < 0.5 (no ignore band)
+    match_threshold: float = _LOSS.match_threshold,  # positive if IoU >= it (loss.match_threshold)
+    unmatched_threshold: float = _LOSS.unmatched_threshold,  # negative if IoU < it (no ignore band at equal)
     force_match: bool = True,  # REFERENCE §4.2: force_match_for_each_row=True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Match anchors ``[A, 4]`` to padded ground truth ``[M, 4]`` (ArgMaxMatcher).
@@ -121,7 +125,7 @@ def match_anchors(
     Each anchor takes its highest-IoU valid ground truth (lowest index on ties).
     Its ``match_type`` is ``POSITIVE`` (1) if that IoU >= ``match_threshold``,
     ``NEGATIVE`` (0) if < ``unmatched_threshold``, else ``IGNORED`` (-1).
-    Defaults 0.5 / 0.5 give no ignore band (REFERENCE §4.2).
+    The defaults (`stlib.config.LossParams`, 0.5 / 0.5) give no ignore band (REFERENCE §4.2).
 
     ``force_match`` (REFERENCE §4.2: ``force_match_for_each_row=True``): every
     valid ground truth also claims its highest-IoU anchor (lowest anchor index
@@ -177,8 +181,8 @@ def assign_targets(
     gt_boxes: jnp.ndarray,
     gt_classes: jnp.ndarray,
     gt_valid: jnp.ndarray,
-    match_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
+    match_threshold: float = _LOSS.match_threshold,
+    unmatched_threshold: float = _LOSS.unmatched_threshold,
     force_match: bool = True,
 ) -> dict:
     """RetinaNet training targets for one image.
@@ -237,8 +241,8 @@ def assign_soft_targets(
     gt_scores: jnp.ndarray,
     gt_valid: jnp.ndarray,
     num_classes: int,
-    match_threshold: float = 0.5,
-    unmatched_threshold: float = 0.5,
+    match_threshold: float = _LOSS.match_threshold,
+    unmatched_threshold: float = _LOSS.unmatched_threshold,
     force_match: bool = True,
 ) -> dict:
     """Soft RetinaNet targets for one pseudo-labeled image (``self_train.targets: soft``).

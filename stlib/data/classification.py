@@ -16,8 +16,6 @@ counted in `source.stats["images_corrupt"]`.
 from __future__ import annotations
 
 import copy
-import json
-import logging
 import os
 import pathlib
 import threading
@@ -27,10 +25,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from stlib.data.coco import CorruptImageError, DataError, decode_image
+from stlib.data.coco import DataError, SkipsCorruptImages, decode_image, read_json_object
 from stlib.data.pipeline import CACHE_BYTES, IndexedBatches
+from stlib.data.world import ensure_world
 
-_log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 UNLABELED = -1
@@ -41,15 +39,7 @@ def _is_int(v) -> bool:
 
 
 def _read_labels_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"classification label file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
+    data = read_json_object(path, "classification label file")
     for key in ("categories", "images"):
         if key not in data:
             raise DataError(f"{path}: missing required key {key!r} (a classification file has "
@@ -72,7 +62,7 @@ def _check_fields(path: str, key: str, i: int, entry, fields: dict) -> None:
             raise DataError(f"{path}: {key}[{i}] has {field}={entry[field]!r}, not {want}")
 
 
-class ClassificationSource:
+class ClassificationSource(SkipsCorruptImages):
     """Image files with integer labels, checked when built.
 
     Args:
@@ -150,16 +140,6 @@ class ClassificationSource:
         """Decodes ``files[i]``: uint8 ``[H, W, 3]`` RGB; raises `CorruptImageError`."""
         return decode_image(self.files[i], self.files[i])
 
-    def load_image_or_none(self, i: int) -> np.ndarray | None:
-        """``load_image``, but an unreadable file gives None, a warning and ``stats["images_corrupt"] += 1``."""
-        try:
-            return self.load_image(i)
-        except CorruptImageError as e:
-            with self._lock:
-                self.stats["images_corrupt"] += 1
-            _log.warning("%s: skipping corrupt image: %s", self.name, e)
-            return None
-
     def subset(self, indices: Iterable[int]) -> ClassificationSource:
         """The source restricted to ``indices`` (in the order given; ``images_corrupt`` restarts at 0).
 
@@ -184,7 +164,6 @@ def build_classification_sources(world_scale: str, world_seed: int) -> dict:
     The pool is ``pools/objects`` read as unlabeled; its hidden labels (``hidden/objects.json``)
     are deliberately not used.
     """
-    from stlib.data.world import ensure_world
 
     root = pathlib.Path(ensure_world(world_scale, world_seed))
     return {
@@ -192,6 +171,18 @@ def build_classification_sources(world_scale: str, world_seed: int) -> dict:
         "val": ClassificationSource(root / "classification/val.json", root / "classification/val/images"),
         "pool": ClassificationSource(None, root / "pools/objects/images", name="objects"),
     }
+
+
+def unlabeled_union(name: str, *sources: ClassificationSource) -> ClassificationSource:
+    """The images of several sources as one unlabeled source (labels -1; corrupt counted afresh)."""
+    out = copy.copy(sources[0])
+    out._lock = threading.Lock()
+    out.name = name
+    out.categories = []
+    out.files = [f for s in sources for f in s.files]
+    out.labels = np.full(len(out.files), UNLABELED, np.int32)
+    out.stats = {"images_corrupt": 0, "files_ignored": sum(s.stats.get("files_ignored", 0) for s in sources)}
+    return out
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -192,7 +192,22 @@ def _quiet_coco(dataset: dict) -> COCO:
     return coco
 
 
-class DetectionSource:
+class SkipsCorruptImages:
+    """``load_image_or_none`` for a source with ``load_image``, ``name``, ``stats`` and ``_lock``:
+    an unreadable image is a counted skip, never a crash."""
+
+    def load_image_or_none(self, index: int) -> np.ndarray | None:
+        """``load_image``, but a corrupt image gives None, a warning and ``stats["images_corrupt"] += 1``."""
+        try:
+            return self.load_image(index)
+        except CorruptImageError as e:
+            with self._lock:
+                self.stats["images_corrupt"] += 1
+            _log.warning("%s: skipping corrupt image: %s", self.name, e)
+            return None
+
+
+class DetectionSource(SkipsCorruptImages):
     """Base class of the detection sources: records, categories, stats, images, ground truth.
 
     Subclasses fill the attributes through ``__init__`` and implement
@@ -244,16 +259,6 @@ class DetectionSource:
     def load_image(self, index: int) -> np.ndarray:
         """Decode ``records[index]``'s image: uint8 ``[H, W, 3]`` RGB; raises `CorruptImageError`."""
         raise NotImplementedError
-
-    def load_image_or_none(self, index: int) -> np.ndarray | None:
-        """``load_image``, but a corrupt image gives None, a warning and ``stats["images_corrupt"] += 1``."""
-        try:
-            return self.load_image(index)
-        except CorruptImageError as e:
-            with self._lock:
-                self.stats["images_corrupt"] += 1
-            _log.warning("%s: skipping corrupt image: %s", self.name, e)
-            return None
 
     def iterate(self, shuffle_seed: int | None = None) -> Iterator[tuple[DetectionRecord, np.ndarray]]:
         """Yield ``(record, image)`` for every decodable image, in record order or shuffled by seed.
@@ -332,16 +337,23 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _read_annotation_json(ann_file: str) -> dict:
-    if not os.path.isfile(ann_file):
-        raise DataError(f"annotation file not found: {ann_file}")
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object in `path`; a missing file, invalid JSON or another top level is a
+    `DataError` naming the file (`what`: "annotation file", "classification label file")."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found: {path}")
     try:
-        with open(ann_file, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{ann_file}: not valid JSON: {e}") from e
+        raise DataError(f"{path}: not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: the top level must be a JSON object, got {type(data).__name__}")
+        raise DataError(f"{path}: the top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_annotation_json(ann_file: str) -> dict:
+    data = read_json_object(ann_file, "annotation file")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DataError(

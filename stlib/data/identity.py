@@ -14,6 +14,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from stlib.data.coco import DataError
+from stlib.data.world import ensure_world
+
 _FILE_MEMO: dict = {}
 _LIST_MEMO: dict = {}
 
@@ -88,7 +91,6 @@ def data_digest(dp) -> str:
     The labelled fraction, its seed and `max_val_images` are params, hashed with them.
     """
     if dp.source == "world":
-        from stlib.data.world import ensure_world
         det = ensure_world(dp.world_scale, dp.world_seed) / "detection" / "annotations"
         parts = [file_digest(det / "train.json"), file_digest(det / "val.json")]
     elif dp.source == "coco":
@@ -96,13 +98,11 @@ def data_digest(dp) -> str:
         for key in ("train_ann", "val_ann"):
             path = Path(getattr(dp, key)).expanduser()
             if not path.is_file():
-                from stlib.data.coco import DataError
                 raise DataError(f"data.{key}: annotation file {path} does not exist")
             parts.append(file_digest(path))
         for key in ("train_images", "val_images"):
             path = Path(getattr(dp, key)).expanduser()
             if not path.is_dir():
-                from stlib.data.coco import DataError
                 raise DataError(f"data.{key}: image folder {path} does not exist")
             parts.append(folder_digest(path))
     elif dp.source == "tfds":

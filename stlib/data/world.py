@@ -58,6 +58,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from stlib import paths
 from stlib.data import shapes
 
 WORLD_VERSION = 1
@@ -165,11 +166,11 @@ def world_spec(scale: str = "mini", seed: int = 0, **overrides) -> WorldSpec:
 
 
 def world_cache_dir() -> pathlib.Path:
-    """The cache directory: ``$STLIB_CACHE`` if set, else ``<repo root>/.cache``."""
+    """The cache directory: ``$STLIB_CACHE`` if set, else ``<repo root>/.cache`` (`paths.CACHE_DIR`)."""
     env = os.environ.get("STLIB_CACHE")
     if env:
         return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parents[2] / ".cache"
+    return paths.CACHE_DIR
 
 
 def world_root(spec: WorldSpec, cache_dir=None) -> pathlib.Path:

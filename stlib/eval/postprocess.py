@@ -16,32 +16,52 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from stlib.config import PostprocessParams
 from stlib.data.boxes import clip_boxes, decode_boxes, pairwise_iou
+from stlib.registry import Registry
+
+# name -> suppress(scores, active, iou, same, cfg) -> (scores, active): what picking a box does to
+# the candidates of its class (`postprocess.method` for evaluation, `self_train.nms` for pseudo labels)
+NMS_METHODS = Registry("NMS method", field=("postprocess.method", "self_train.nms"))
+
+
+@NMS_METHODS.register("nms")
+def hard_nms(scores, active, iou, same, cfg):
+    """Hard NMS: remove candidates with IoU > threshold."""
+    return scores, active & ~(same & (iou > cfg.nms_iou_threshold))
+
+
+@NMS_METHODS.register("soft_nms")
+def soft_nms(scores, active, iou, same, cfg):
+    """Gaussian Soft-NMS as TF `non_max_suppression_with_scores` (REFERENCE §4.5): weight
+    exp(-0.5 * IoU^2 / sigma). Checked against TF 2.21: in soft mode TF applies this weight at
+    every IoU and does NOT hard-remove above iou_threshold, so nms_iou_threshold is unused
+    here. Candidates decayed below score_threshold are dropped."""
+    weight = jnp.exp(-0.5 * iou * iou / cfg.soft_nms_sigma)
+    scores = jnp.where(same, scores * weight, scores)
+    return scores, active & (scores >= cfg.score_threshold)
+
+
+_DEFAULTS = PostprocessParams()
 
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig:
-    """Post-processing settings.
-
-    Defaults from REFERENCE §4.5: pre-NMS top-k 5000, score threshold 0.05,
-    NMS IoU 0.5, 100 detections. ``method`` is ``'nms'`` or ``'soft_nms'``
-    (Gaussian, TF ``non_max_suppression_with_scores`` semantics: no hard
-    removal, so ``nms_iou_threshold`` is unused; see ``_select``).
-    ``soft_nms_sigma=0.3`` is this project's choice for the
-    paper's Soft-NMS SpineNet runs; the sigma actually used for the published
-    numbers was not found in the sources (REFERENCE §4.5, §9).
+    """Post-processing settings; the defaults are `stlib.config.PostprocessParams`' (REFERENCE
+    §4.5, cited there). ``method`` names an `NMS_METHODS` entry: ``'nms'`` or ``'soft_nms'``
+    (Gaussian, TF ``non_max_suppression_with_scores`` semantics: no hard removal, so
+    ``nms_iou_threshold`` is unused; see ``soft_nms``).
     """
 
-    pre_nms_top_k: int = 5000  # REFERENCE §4.5 (TPU: per class; here global, see postprocess)
-    score_threshold: float = 0.05  # REFERENCE §4.5
-    nms_iou_threshold: float = 0.5  # REFERENCE §4.5: per-class NMS IoU
-    max_detections: int = 100  # REFERENCE §4.5
-    method: str = "nms"  # TPU: hard NMS only (REFERENCE §4.5)
-    soft_nms_sigma: float = 0.3  # project choice; paper's sigma not found (REFERENCE §4.5, §9)
+    pre_nms_top_k: int = _DEFAULTS.pre_nms_top_k  # TPU: per class; here global, see postprocess
+    score_threshold: float = _DEFAULTS.score_threshold
+    nms_iou_threshold: float = _DEFAULTS.nms_iou_threshold  # per-class NMS IoU
+    max_detections: int = _DEFAULTS.max_detections
+    method: str = _DEFAULTS.method  # TPU: hard NMS only (REFERENCE §4.5)
+    soft_nms_sigma: float = _DEFAULTS.soft_nms_sigma
 
     def __post_init__(self):
-        if self.method not in ("nms", "soft_nms"):
-            raise ValueError(f"method must be 'nms' or 'soft_nms', got {self.method!r}")
+        NMS_METHODS.get(self.method)
         if self.method == "soft_nms" and not self.soft_nms_sigma > 0:
             raise ValueError(f"soft_nms_sigma must be > 0, got {self.soft_nms_sigma}")
 
@@ -61,6 +81,7 @@ def _select(boxes, scores, classes, active, cfg: PostprocessConfig):
     picks are exactly "per-class NMS, merge, keep the top ``max_detections``".
     """
     det = cfg.max_detections
+    suppress = NMS_METHODS.get(cfg.method)
 
     def body(i, state):
         scores, active, out_boxes, out_scores, out_classes, out_valid = state
@@ -75,18 +96,7 @@ def _select(boxes, scores, classes, active, cfg: PostprocessConfig):
 
         iou = pairwise_iou(box[None], boxes)[0]
         same = (classes == cls) & ok
-        if cfg.method == "nms":
-            # Hard NMS: remove candidates with IoU > threshold.
-            active = active & ~(same & (iou > cfg.nms_iou_threshold))
-        else:
-            # Gaussian Soft-NMS as TF `non_max_suppression_with_scores`
-            # (REFERENCE §4.5): weight exp(-0.5 * IoU^2 / sigma). Checked against
-            # TF 2.21: in soft mode TF applies this weight at every IoU and does
-            # NOT hard-remove above iou_threshold, so nms_iou_threshold is unused
-            # here. Candidates decayed below score_threshold are dropped.
-            weight = jnp.exp(-0.5 * iou * iou / cfg.soft_nms_sigma)
-            scores = jnp.where(same, scores * weight, scores)
-            active = active & (scores >= cfg.score_threshold)
+        scores, active = suppress(scores, active, iou, same, cfg)
         active = active.at[j].set(False)
         return scores, active, out_boxes, out_scores, out_classes, out_valid
 

@@ -27,6 +27,11 @@ from pathlib import Path
 
 from stlib import config as cfg
 from stlib import paths
+from stlib.data.identity import data_digest, file_digest, folder_digest
+from stlib.data.world import ensure_world
+from stlib.io import write_json_atomic
+from stlib.pseudo.sources import parse_unlabeled
+from stlib.train.checkpoints import read_best_digest
 
 PENDING = "pending:"   # a checkpoint that does not exist yet (the id is provisional until it does)
 
@@ -43,7 +48,6 @@ def checkpoint_digest(folder, require: bool = False) -> str:
         metrics = json.loads(m.read_text())
         if metrics.get("status") == "complete" and metrics.get("checkpoint_digest"):
             return metrics["checkpoint_digest"]
-    from stlib.train.checkpoints import read_best_digest
     d = read_best_digest(folder)
     if d:
         return d
@@ -68,14 +72,12 @@ def _strip_paths(p: cfg.Params) -> cfg.Params:
 
 def unlabeled_digest(p: cfg.Params) -> str:
     """The identity of a student's unlabeled images (`self_train.unlabeled` of the teacher's world)."""
-    from stlib.pseudo.sources import parse_unlabeled
     st, d = p.self_train, p.data
     return parse_unlabeled(st.unlabeled, d.world_scale, d.world_seed, d.tfds_data_dir).identity()
 
 
 def run_identity(p: cfg.Params) -> dict:
     """The parts a run id hashes (see the module docstring). `p` has its named inits resolved."""
-    from stlib.data.identity import data_digest
     ident = {"params": cfg.params_hash(_strip_paths(p)), "data": data_digest(p.data)}
     if p.model.init != "rand":
         ident["init"] = checkpoint_digest(p.model.init)
@@ -89,8 +91,6 @@ def run_identity(p: cfg.Params) -> dict:
     if p.data.source == "world" and (pretraining or p.self_train.joint):
         # the world's classification set (pre-training, joint training) and, for Noisy Student and
         # SimCLR, its unlabeled object pool
-        from stlib.data.world import ensure_world
-        from stlib.data.identity import folder_digest, file_digest
         root = ensure_world(p.data.world_scale, p.data.world_seed)
         ident["classification"] = hashlib.sha256("".join(
             file_digest(f) for f in sorted((root / "classification").glob("*.json"))).encode()).hexdigest()[:16]
@@ -111,5 +111,4 @@ def run_id(p: cfg.Params) -> str:
 
 
 def write_identity(run_dir, p: cfg.Params) -> None:
-    from stlib.io import write_json_atomic
     write_json_atomic(Path(run_dir) / "identity.json", run_identity(p))

@@ -13,13 +13,15 @@ pre-training run id, hence a new detector run id: the content-addressed cache st
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from stlib import config as cfg
 from stlib import paths
-
-REPO_ROOT = paths.REPO_ROOT
-PARAMS_DIR = paths.PARAMS_DIR
+from stlib.experiments import identity
+from stlib.models.weight_import import check_conventions
+from stlib.models.weight_import import init_conventions as imported_conventions
 
 # name -> the pre-training preset (under params/<world_scale>/) that makes it in the embedded world
 PRESETS = {"imagenet": "pretrain.yaml", "imagenet++": "noisy_student.yaml", "simclr": "simclr.yaml"}
@@ -60,7 +62,7 @@ class InitError(cfg.ParamsError):
 
 
 def preset_path(name: str, world_scale: str) -> Path:
-    return PARAMS_DIR / world_scale / PRESETS[name]
+    return paths.PARAMS_DIR / world_scale / PRESETS[name]
 
 
 def preset_params(name: str, world_scale: str) -> cfg.Params:
@@ -79,8 +81,12 @@ def _display(path: Path) -> str:
 def world_init_dir(name: str, world_scale: str, outputs=None) -> Path:
     """The run folder the preset of `name` trains into (it may not exist yet). Its run id hashes
     the preset with its own named teacher resolved (Noisy Student's)."""
-    from stlib.experiments.runs import resolve_run_dir
-    return resolve_run_dir(resolve_init(preset_params(name, world_scale), outputs, require=False), outputs=outputs)
+    return run_dir_of(resolve_init(preset_params(name, world_scale), outputs, require=False), outputs)
+
+
+def run_dir_of(params: cfg.Params, outputs=None) -> Path:
+    """<outputs>/runs/<run id> of `params` (inits resolved), `stlib.experiments.identity`."""
+    return paths.outputs_root(outputs) / "runs" / identity.run_id(params)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -113,7 +119,7 @@ def resolve_named(name: str, params: cfg.Params, outputs=None, require: bool = T
                 f"{_display(run_dir)}, which has no checkpoint yet. Make it with `stlib inits --scale {scale}` "
                 f"(all three inits) or `stlib pretrain {_display(preset_path(name, scale))}`.")
         return _display(run_dir)
-    out = REPO_ROOT / "weights" / f"{backbone}-{name}"
+    out = paths.REPO_ROOT / "weights" / f"{backbone}-{name}"
     if require and not (out / "stlib_weights.json").is_file():
         pub = PUBLIC.get((backbone, name))
         if pub is None:
@@ -132,7 +138,6 @@ def resolve_named(name: str, params: cfg.Params, outputs=None, require: bool = T
 def resolve_init(params: cfg.Params, outputs=None, require: bool = True) -> cfg.Params:
     """`params` with a named `model.init` (and Noisy Student's `pretrain.teacher`) replaced by
     its checkpoint folder; other values are returned unchanged."""
-    import dataclasses
     p = params
     if p.model.init in cfg.NAMED_INITS:
         p = dataclasses.replace(p, model=dataclasses.replace(
@@ -150,12 +155,10 @@ def init_conventions(init: str, params: cfg.Params) -> dict:
     source BatchNorm epsilon (torchvision 1e-5, keras ResNet50 1.001e-5, EfficientNet 1e-3), or a
     run's, when that run took one from its own init. Params that set another value are an error
     naming both (`stlib.models.weight_import.check_conventions`)."""
-    from stlib.models.weight_import import check_conventions
-    from stlib.models.weight_import import init_conventions as imported
     folder = existing_path(init)
     if not folder.is_dir():
         return {}
-    conv = imported(folder)
+    conv = imported_conventions(folder)
     run_params = folder / "params.yaml"
     if not conv and run_params.is_file():
         eps = cfg.load_params(run_params).model.backbone_bn_epsilon
@@ -182,13 +185,11 @@ def check_init_folder(params: cfg.Params, what: str = "model.init") -> Path:
     """The checkpoint folder `model.init` names, checked before any work: it must exist, hold a
     finished run's best checkpoint or an imported checkpoint, and be of this run's backbone.
     Errors are `InitError`s naming the folder and both backbones."""
-    import json
-    from stlib.experiments.identity import checkpoint_digest
     folder = checkpoint_path(params.model.init, params, what=what)
     if not folder.is_dir():
         raise InitError(f"{what} {params.model.init!r}: {_display(folder)} is not a folder")
     try:
-        checkpoint_digest(folder, require=True)
+        identity.checkpoint_digest(folder, require=True)
     except cfg.ParamsError as e:
         raise InitError(f"{what} {params.model.init!r}: {e}") from None
     meta = folder / "stlib_weights.json"
@@ -208,28 +209,3 @@ def existing_path(path: str) -> Path:
     """A checkpoint path as given, else relative to the repository (run folders are recorded
     repo-relative, so they work from any working directory)."""
     return paths.find(path)
-
-
-def ensure_world_inits(world_scale: str = "mini", names=cfg.NAMED_INITS, outputs=None, progress: bool = True,
-                       direct: bool = False) -> dict:
-    """Makes every named init of the `world_scale` world that has no checkpoint yet (one command:
-    `stlib inits`), in dependency order (Noisy Student's teacher is the supervised run).
-
-    Returns {name: metrics dict of its run}.
-    """
-    import json
-    from stlib.experiments import runs
-    order = [n for n in ("imagenet", "simclr", "imagenet++") if n in names]
-    if "imagenet++" in order and "imagenet" not in order:
-        order.insert(0, "imagenet")
-    out = {}
-    for name in order:
-        pre = resolve_init(preset_params(name, world_scale), outputs)
-        run_dir = world_init_dir(name, world_scale, outputs)
-        metrics = run_dir / "metrics.json"
-        done = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "complete"
-        if not (done and has_checkpoint(run_dir)):
-            runs.run(pre, "pretrain.ipynb", outputs, progress, direct)
-        out[name] = json.loads(metrics.read_text())
-    return out
-

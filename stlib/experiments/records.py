@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from stlib import paths
+from stlib.io import write_bytes_atomic
 
 # What never goes into a record (heavy or machine-local; the same list as .gitignore's)
 _SKIP_DIRS = {"checkpoints", "tensorboard", "shards"}
@@ -122,7 +123,6 @@ def _rewrite(text: str, cache_prefix: str) -> str:
 
 def _copy_tree(src: Path, dst: Path, cache_prefix: str) -> list[Path]:
     written = []
-    from stlib.io import write_bytes_atomic
     for f in sorted(src.rglob("*")):
         rel = f.relative_to(src)
         if f.is_dir() or _SKIP_DIRS & set(rel.parts) or f.name in _SKIP_FILES or f.name.startswith("."):

@@ -8,16 +8,17 @@ resumes there); anything else never collides with it. The repository's published
 """
 from __future__ import annotations
 
+import json
 import os
+import traceback
 from pathlib import Path
 
 from stlib import config as cfg
-from stlib import paths
-from stlib.experiments import identity
-from stlib.io import write_text_atomic
-
-REPO_ROOT = paths.REPO_ROOT
-NOTEBOOKS = paths.NOTEBOOKS_DIR
+from stlib import errors, paths
+from stlib.experiments import assemble, identity, inits
+from stlib.io import RunInProgressError, machine, write_json_atomic, write_text_atomic
+from stlib.pseudo.teacher import TeacherRun
+from stlib.registry import check_choices
 
 
 def default_outputs() -> Path:
@@ -31,9 +32,7 @@ def resolve_run_dir(params: cfg.Params, run_dir: str | os.PathLike = "", outputs
     checkpoints the run starts from (`stlib.experiments.identity`)."""
     if run_dir:
         return Path(run_dir)
-    from stlib.experiments.inits import resolve_init
-    params = resolve_init(params, outputs, require=False)
-    return paths.outputs_root(outputs) / "runs" / identity.run_id(params)
+    return inits.run_dir_of(inits.resolve_init(params, outputs, require=False), outputs)
 
 
 def prepare_run_dir(params: cfg.Params, outputs=None) -> Path:
@@ -46,7 +45,7 @@ def prepare_run_dir(params: cfg.Params, outputs=None) -> Path:
 
 
 def notebook_path(name: str) -> Path:
-    path = NOTEBOOKS / name
+    path = paths.NOTEBOOKS_DIR / name
     if not path.is_file():
         raise FileNotFoundError(f"notebook {path} not found (stlib must be installed from its repository: pip install -e .)")
     return path
@@ -58,8 +57,7 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
 
     Returns the run directory.
     """
-    from stlib.experiments.inits import resolve_init
-    params = resolve_init(params, outputs)   # a named init without its checkpoint fails here, before work
+    params = inits.resolve_init(params, outputs)   # a named init without its checkpoint fails here, before work
     run_dir = prepare_run_dir(params, outputs)
     execute(name, run_dir / name, {"PARAMS_FILE": str(run_dir / "params.yaml"), "RUN_DIR": str(run_dir),
                                    "PROGRESS": progress}, log_output=True)
@@ -74,7 +72,7 @@ def execute(notebook: str, out_path, parameters: dict, log_output: bool = False)
     out_path = Path(out_path)
     try:
         pm.execute_notebook(str(notebook_path(notebook)), str(out_path), parameters=parameters,
-                            cwd=str(REPO_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3",
+                            cwd=str(paths.REPO_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_quiet_kernel_manager())
     except pm.PapermillExecutionError as e:
         raise NotebookError(e.ename, e.evalue, out_path) from None
@@ -108,25 +106,18 @@ def run(params: cfg.Params, notebook: str = "train.ipynb", outputs=None, progres
     """Makes the run of `params` (named inits resolved first) through `notebooks/<notebook>`, or
     in this process with `direct`; returns (run folder, its final metrics). `train.ipynb` trains
     a detector, `pretrain.ipynb` pre-trains a backbone (`pretrain.method`)."""
-    import json
-    from stlib.experiments.inits import resolve_init
     if notebook not in ("train.ipynb", "pretrain.ipynb"):
         raise ValueError(f"run: notebook must be train.ipynb or pretrain.ipynb, got {notebook!r}")
-    params = resolve_init(params, outputs)
+    params = inits.resolve_init(params, outputs)
     check_before_work(params)
     run_dir = prepare_run_dir(params, outputs)
     try:
         if not direct:
             execute_notebook(notebook, params, outputs=outputs, progress=progress)
             result = json.loads((run_dir / "metrics.json").read_text())
-        elif notebook == "pretrain.ipynb":
-            from stlib.train.pretrain import pretrain_and_evaluate
-            result = pretrain_and_evaluate(params, run_dir, progress=progress)
         else:
-            from stlib.train.loop import train_and_evaluate
-            result = train_and_evaluate(params, run_dir, progress=progress)
+            result = assemble.train(params, run_dir, progress=progress, outputs=outputs)
     except Exception as e:
-        from stlib.io import RunInProgressError
         if not isinstance(e, RunInProgressError):   # another process's run is not ours to mark
             mark_failed(run_dir, e)
         raise
@@ -141,9 +132,6 @@ def mark_failed(run_dir, exc: BaseException) -> None:
     """Marks a run folder whose run failed: `failed.json` with the one-line error, and the full
     traceback appended to its `run.log`. The folder keeps its checkpoints, so the same command
     resumes once the cause is fixed; a finished run removes the mark."""
-    import traceback
-    from stlib import errors
-    from stlib.io import machine, write_json_atomic
     run_dir = Path(run_dir)
     try:
         with open(run_dir / "run.log", "a") as f:
@@ -155,14 +143,14 @@ def mark_failed(run_dir, exc: BaseException) -> None:
 
 
 def check_before_work(params: cfg.Params) -> None:
-    """What can be checked before a run starts: its teacher is a finished detection run, its
-    `model.init` folder holds a checkpoint of its backbone (errors name the folder)."""
+    """What can be checked before a run starts: every named component is registered, its teacher
+    is a finished detection run, its `model.init` folder holds a checkpoint of its backbone
+    (errors name the field or the folder)."""
+    check_choices(params)
     if params.self_train.teacher:
-        from stlib.pseudo.teacher import TeacherRun
         TeacherRun(params.self_train.teacher)
     if params.model.init != "rand":
-        from stlib.experiments.inits import check_init_folder
-        check_init_folder(params)
+        inits.check_init_folder(params)
 
 
 def summarize(result: dict):
@@ -171,3 +159,43 @@ def summarize(result: dict):
     metrics = ["top1", "top5"] if "top1" in result else ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     keys = metrics + ["best_step", "last_step", "stopped_early", "devices"]
     return pd.DataFrame([{k: result.get(k) for k in keys}], index=[result.get("run_id")])
+
+
+def ensure_world_inits(world_scale: str = "mini", names=cfg.NAMED_INITS, outputs=None, progress: bool = True,
+                       direct: bool = False) -> dict:
+    """Makes every named init of the `world_scale` world that has no checkpoint yet (one command:
+    `stlib inits`), in dependency order (Noisy Student's teacher is the supervised run).
+
+    Returns {name: metrics dict of its run}.
+    """
+    order = [n for n in ("imagenet", "simclr", "imagenet++") if n in names]
+    if "imagenet++" in order and "imagenet" not in order:
+        order.insert(0, "imagenet")
+    out = {}
+    for name in order:
+        pre = inits.resolve_init(inits.preset_params(name, world_scale), outputs)
+        run_dir = inits.world_init_dir(name, world_scale, outputs)
+        metrics = run_dir / "metrics.json"
+        done = metrics.is_file() and json.loads(metrics.read_text()).get("status") == "complete"
+        if not (done and inits.has_checkpoint(run_dir)):
+            run(pre, "pretrain.ipynb", outputs, progress, direct)
+        out[name] = json.loads(metrics.read_text())
+    return out
+
+
+def describe_run(run_dir):
+    """A small table of what a pre-training run did beyond its top-1: Noisy Student's pseudo
+    labels (kept images, balance, the teacher's accuracy on the pool against the world's
+    hidden labels) or SimCLR's linear probe; for notebooks."""
+    import pandas as pd
+    run_dir = Path(run_dir)
+    rows = {}
+    if (run_dir / "pseudo_labels.json").is_file():
+        rows.update(json.loads((run_dir / "pseudo_labels.json").read_text()))
+    if (run_dir / "metrics.json").is_file():
+        m = json.loads((run_dir / "metrics.json").read_text())
+        rows.update({k: m[k] for k in ("top1", "top5", "linear_top1", "linear_train_top1", "contrast_accuracy")
+                     if m.get(k) is not None})
+    if not rows:
+        return pd.DataFrame({"note": ["supervised pre-training: nothing beyond the metrics above"]})
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))

@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stlib import config as cfg
+from stlib import paths
+from stlib.experiments import runs
+from stlib.experiments.records import is_record
+from stlib.io import write_json_atomic, write_text_atomic
+from stlib.pseudo import quality
+from stlib.pseudo.label import default_store_dir, make_pseudo_labels
+from stlib.pseudo.sources import parse_unlabeled
+from stlib.pseudo.store import PseudoLabelStore
+from stlib.pseudo.teacher import TeacherRun
 
 
 def pseudo_quality(store_root, threshold: float, world_scale: str, world_seed: int) -> dict:
     """`stlib.pseudo.quality.quality_report` of a store at the training `threshold` (and the
     standard thresholds), cached inside the store as `quality-<threshold>.json`."""
-    from stlib import paths
-    from stlib.experiments.records import is_record
-    from stlib.io import write_json_atomic
-    from stlib.pseudo import quality
-    from stlib.pseudo.sources import parse_unlabeled
-    from stlib.pseudo.store import PseudoLabelStore
     root = Path(store_root)
     cache = root / f"quality-{threshold:g}.json"
     if cache.is_file():
@@ -56,19 +60,18 @@ def self_training_rows(study, rows: list[dict]) -> list[dict]:
             row["diff"] = r[study.metric] - teacher_ap[r["seed"]]
         pl = m.get("pseudo_labels")
         if pl:
-            from stlib import paths
             store = paths.find(pl["store"])
-            from stlib import config as cfg
             p = cfg.load_params(Path(r["run_dir"]) / "params.yaml")
-            q = pseudo_quality(store, pl["threshold"], p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
-            row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": pl["threshold"],
+            threshold = p.self_train.score_threshold   # the params hold it; metrics.json only repeats it
+            q = pseudo_quality(store, threshold, p.data.world_scale, p.data.world_seed) if store.is_dir() else {}
+            row.update({"unlabeled": pl["source"], "store": pl["store"], "threshold": threshold,
                         "labels": ("hidden truth" if p.self_train.oracle else
-                                   f"{p.self_train.targets} >= {pl['threshold']:g}"
-                                   + (f", [{p.self_train.ignore_threshold:g}, {pl['threshold']:g}) ignored"
+                                   f"{p.self_train.targets} >= {threshold:g}"
+                                   + (f", [{p.self_train.ignore_threshold:g}, {threshold:g}) ignored"
                                       if p.self_train.ignore_threshold > 0 else ""))})
-            counts = _at(q.get("counts", []), pl["threshold"])
+            counts = _at(q.get("counts", []), threshold)
             row["pseudo_per_image"] = counts.get("pseudo_per_image")
-            at = _at(q.get("quality", []), pl["threshold"])
+            at = _at(q.get("quality", []), threshold)
             if at and p.self_train.oracle:
                 row.update({"pseudo_per_image": at.get("true_per_image"), "pseudo_precision": 1.0,
                             "pseudo_recall": 1.0, "true_per_image": at.get("true_per_image")})
@@ -110,7 +113,6 @@ def self_training_markdown(study, rows: list[dict]) -> str:
 
 def write_self_training_report(study, rows: list[dict], out_dir) -> Path:
     """outputs/studies/<name>/self_training.{md,json} beside the study's report."""
-    from stlib.io import write_json_atomic, write_text_atomic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "self_training.md", self_training_markdown(study, rows))
@@ -123,11 +125,6 @@ def student_stores(rows: list[dict]) -> list[tuple]:
     `self_train` params) of every student in `rows`, once each. The store is the one the student's params address in the run
     cache, beside its teacher (which `rows` holds, made on this machine); a student read from a
     record shares it when its run id matched, so the explorer never writes into a record."""
-    from stlib import config as cfg
-    from stlib import paths
-    from stlib.experiments.records import is_record
-    from stlib.pseudo.label import default_store_dir
-    from stlib.pseudo.teacher import TeacherRun
     here = {Path(r["run_dir"]).name: Path(r["run_dir"]) for r in rows if not is_record(r["run_dir"])}
     seen, out = set(), []
     for r in rows:
@@ -151,9 +148,6 @@ def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
     `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook).
     A store that is missing or incomplete (a fresh clone, a student read from a record) is labelled
     first by its teacher."""
-    from stlib.experiments import runs
-    from stlib.pseudo.label import make_pseudo_labels
-    from stlib.pseudo.store import PseudoLabelStore
     done = []
     for store, threshold, scale, seed, teacher_dir, st in student_stores(rows):
         if not (store / "store.json").is_file() or not PseudoLabelStore.open(store).complete:

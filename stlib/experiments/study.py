@@ -33,12 +33,14 @@ from pathlib import Path
 import yaml
 
 from stlib import config as cfg
-from stlib import paths
+from stlib import paths, registry
 from stlib.experiments import convergence as conv
-from stlib.experiments import runs
+from stlib.experiments import identity, records, runs
 from stlib.experiments.inits import resolve_init
+from stlib.experiments.records import comparison_markdown, is_record
+from stlib.io import lock_holder, write_bytes_atomic, write_json_atomic, write_text_atomic
+from stlib.pseudo.label import store_dir_for
 
-REPO_ROOT = paths.REPO_ROOT
 NOTEBOOKS = ("train.ipynb", "pretrain.ipynb")
 
 
@@ -116,7 +118,7 @@ def load_study(path) -> Study:
 
 def _base_path(study: Study) -> Path:
     p = Path(study.base)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    return p if p.is_absolute() or p.exists() else paths.REPO_ROOT / p
 
 
 def cell_run_dir(study: Study, label: str, seed: int, outputs=None) -> Path:
@@ -141,6 +143,7 @@ def cell_params(study: Study, label: str, seed: int, outputs=None, resolve: bool
     overrides = [*study.overrides, *cell, f"{study.seed_key}={seed}"]
     try:
         p = cfg.load_params(_base_path(study), overrides)
+        registry.check_choices(p)
     except cfg.ParamsError as e:
         raise cfg.ParamsError(f"{study.path or study.name}: cell {label!r}: {e}") from None
     return resolve_init(p, outputs, require=False) if resolve else p
@@ -165,7 +168,6 @@ def plan(study: Study, outputs=None) -> list[dict]:
     record is used for its numbers only (`from: record`). A run another cell refers to (a
     teacher) is complete only in the cache with its checkpoint, since records keep none. A run
     whose teacher or init does not exist yet has a provisional id and is not complete."""
-    from stlib.experiments import identity, records
     rows = []
     referenced = _referenced(study)
     for label in study.cells:
@@ -226,7 +228,7 @@ def _pool(commands: list[tuple[list, Path]], jobs: int, desc: str, progress: boo
             cmd, log = pending.pop(0)
             log.parent.mkdir(parents=True, exist_ok=True)
             f = open(log, "w")
-            running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
                                              env=dict(os.environ)), f, log))
         time.sleep(1.0)
         for item in list(running):
@@ -249,7 +251,6 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
     so students sharing a teacher and a pool do not label it twice."""
     import sys
     import time
-    from stlib.io import lock_holder
     outputs = Path(outputs or runs.default_outputs())
     depth = _depths(study)
     for level in sorted(set(depth.values())):
@@ -264,7 +265,6 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
             run_dir = runs.prepare_run_dir(p, outputs)
             st = p.self_train
             if st.teacher and st.unlabeled:
-                from stlib.pseudo.label import store_dir_for
                 store = store_dir_for(p)
                 if store not in stores:
                     stores[store] = ([sys.executable, "-m", "stlib.cli", "pseudo-label", st.teacher, "--unlabeled",
@@ -412,7 +412,6 @@ def plot_convergence(study: Study, rows: list[dict], path=None, ax=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        from stlib.io import write_bytes_atomic
         import io
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
@@ -462,7 +461,6 @@ def _repo_relative(path) -> str:
 def write_report(study: Study, rows: list[dict], out_dir) -> Path:
     """<outputs>/studies/<name>/: report.md, results.json, convergence.png (when asked for), and where the
     study has a record, record_comparison.md (this report next to it)."""
-    from stlib.io import write_json_atomic, write_text_atomic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "report.md", report_markdown(study, rows))
@@ -473,7 +471,6 @@ def write_report(study: Study, rows: list[dict], out_dir) -> Path:
         payload["convergence"] = convergence_summary(study, rows)
         plot_convergence(study, rows, out_dir / "convergence.png")
     write_json_atomic(out_dir / "results.json", payload)
-    from stlib.experiments.records import comparison_markdown, is_record
     comparison = None if is_record(out_dir) else comparison_markdown(study, rows)
     if comparison:
         write_text_atomic(out_dir / "record_comparison.md", comparison)

@@ -5,11 +5,13 @@ from typing import Callable
 
 import flax.linen as nn
 
-ACTIVATIONS: dict[str, Callable] = {"relu": nn.relu, "swish": nn.swish}
+from stlib.registry import Registry
+
+# name -> activation function (`model.activation`)
+ACTIVATIONS = Registry("activation", field="model.activation")
+ACTIVATIONS.register("relu", nn.relu)
+ACTIVATIONS.register("swish", nn.swish)
 
 
 def activation_fn(name: str) -> Callable:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})") from None
+    return ACTIVATIONS.get(name)

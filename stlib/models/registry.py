@@ -22,7 +22,12 @@ import jax.numpy as jnp
 
 from stlib.models import activations
 from stlib.models.backbones import efficientnet, resnet, spinenet
+from stlib.models.classifier import ClassificationHead, Classifier
+from stlib.models.fpn import FPN
+from stlib.models.nasfpn import NASFPN
 from stlib.models.retinanet import RetinaNet
+from stlib.models.segmentation import SegmentationHead, Segmenter
+from stlib.registry import ParamsError, Registry
 
 
 class IdentityNeck(nn.Module):
@@ -41,7 +46,8 @@ class IdentityNeck(nn.Module):
 
 # name -> (module partial, whether the model's BN settings apply)
 _BN_FROM_MODEL, _OWN_BN = True, False
-BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
+BACKBONES = Registry("backbone", field="model.backbone")
+for _name, _entry in {
     "resnet-tiny": (resnet.resnet_tiny, _BN_FROM_MODEL),
     "resnet-mini": (resnet.resnet_mini, _BN_FROM_MODEL),
     "resnet18": (resnet.resnet18, _BN_FROM_MODEL),
@@ -53,10 +59,22 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], bool]] = {
        for v in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "l2", "tiny")},
     **{f"spinenet-{v}": (getattr(spinenet, f"spinenet_{v}"), _BN_FROM_MODEL)
        for v in ("49s", "49", "96", "143", "190", "tiny")},
-}
-NECKS = ("fpn", "nasfpn", "identity")
-HEADS = ("retinanet", "segmentation", "classification")
-ACTIVATIONS = tuple(activations.ACTIVATIONS)
+}.items():
+    BACKBONES.register(_name, _entry)
+
+
+def _check_identity_neck(p) -> None:
+    """The identity neck feeds a RetinaNet head the backbone's own P3-P7: only SpineNet has them."""
+    m = p.model
+    if m.head == "retinanet" and m.neck == "identity" and not is_spinenet(m.backbone):
+        raise ParamsError(f"model.neck identity needs a backbone that outputs P3-P7 (spinenet-*), got {m.backbone!r}")
+
+
+# name -> builder(mp) -> neck partial
+NECKS = Registry("neck", field="model.neck", check=_check_identity_neck)
+# name -> builder(mp, backbone partial, num_classes) -> the model
+HEADS = Registry("head", field="model.head")
+ACTIVATIONS = activations.ACTIVATIONS
 
 
 def is_spinenet(name: str) -> bool:
@@ -69,9 +87,7 @@ def _dtype(mp):
 
 def create_backbone(mp) -> Callable[..., nn.Module]:
     """The backbone partial named by `mp.backbone`, with the settings it takes from `mp`."""
-    if mp.backbone not in BACKBONES:
-        raise ValueError(f"model.backbone: unknown backbone {mp.backbone!r} (known: {', '.join(BACKBONES)})")
-    fn, bn_from_model = BACKBONES[mp.backbone]
+    fn, bn_from_model = BACKBONES.get(mp.backbone)
     kw: dict[str, Any] = dict(dtype=_dtype(mp))
     if bn_from_model:
         kw.update(bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon)
@@ -88,18 +104,29 @@ def create_backbone(mp) -> Callable[..., nn.Module]:
 
 
 def create_neck(mp) -> Callable[..., nn.Module]:
-    from stlib.models.fpn import FPN
-    from stlib.models.nasfpn import NASFPN
-    bn = dict(bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon, dtype=_dtype(mp))
-    if mp.neck == "fpn":
-        return functools.partial(FPN, mp.fpn_channels, mp.min_level, mp.max_level, **bn)
-    if mp.neck == "nasfpn":
-        return functools.partial(NASFPN, channels=mp.fpn_channels, num_repeats=mp.nasfpn_repeats,
-                                 use_separable_conv=mp.separable_conv, activation=mp.activation,
-                                 min_level=mp.min_level, max_level=mp.max_level, **bn)
-    if mp.neck == "identity":
-        return functools.partial(IdentityNeck, mp.min_level, mp.max_level)
-    raise ValueError(f"model.neck: unknown neck {mp.neck!r} (known: {', '.join(NECKS)})")
+    """The neck partial named by `mp.neck`."""
+    return NECKS.get(mp.neck)(mp)
+
+
+def _bn(mp) -> dict:
+    return dict(bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon, dtype=_dtype(mp))
+
+
+@NECKS.register("fpn")
+def fpn_neck(mp):
+    return functools.partial(FPN, mp.fpn_channels, mp.min_level, mp.max_level, **_bn(mp))
+
+
+@NECKS.register("nasfpn")
+def nasfpn_neck(mp):
+    return functools.partial(NASFPN, channels=mp.fpn_channels, num_repeats=mp.nasfpn_repeats,
+                             use_separable_conv=mp.separable_conv, activation=mp.activation,
+                             min_level=mp.min_level, max_level=mp.max_level, **_bn(mp))
+
+
+@NECKS.register("identity")
+def identity_neck(mp):
+    return functools.partial(IdentityNeck, mp.min_level, mp.max_level)
 
 
 def create_model(model_params, num_classes: int):
@@ -111,34 +138,41 @@ def create_model(model_params, num_classes: int):
     """
     mp = model_params
     backbone = create_backbone(mp)
-    if mp.activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation: unknown activation {mp.activation!r} (known: {', '.join(ACTIVATIONS)})")
-    if mp.head == "retinanet":
-        if mp.neck not in NECKS:
-            raise ValueError(f"model.neck: unknown neck {mp.neck!r} (known: {', '.join(NECKS)})")
-        return RetinaNet(
-            backbone=backbone, num_classes=num_classes, neck=None if mp.neck == "fpn" else create_neck(mp),
-            num_anchors=mp.num_scales * len(mp.aspect_ratios), fpn_channels=mp.fpn_channels,
-            head_convs=mp.head_convs, head_channels=mp.head_channels, min_level=mp.min_level,
-            max_level=mp.max_level, bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon,
-            activation=mp.activation, dtype=_dtype(mp))
-    if mp.head == "segmentation":
-        from stlib.models.segmentation import SegmentationHead, Segmenter
-        head = functools.partial(SegmentationHead, num_classes=num_classes, num_convs=mp.head_convs,
-                                 channels=mp.head_channels, level=mp.segmentation_level, activation=mp.activation,
-                                 bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon, dtype=_dtype(mp))
-        return Segmenter(backbone=backbone, neck=create_neck(mp), head=head, num_classes=num_classes,
-                         dtype=_dtype(mp))
-    if mp.head == "classification":
-        from stlib.models.classifier import Classifier
-        return Classifier(backbone=backbone, head=classification_head(mp, num_classes), dtype=_dtype(mp))
-    raise ValueError(f"model.head: unknown head {mp.head!r} (known: {', '.join(HEADS)})")
+    ACTIVATIONS.get(mp.activation)
+    return HEADS.get(mp.head)(mp, backbone, num_classes)
+
+
+@HEADS.register("retinanet")
+def retinanet_model(mp, backbone, num_classes: int):
+    """A RetinaNet detector; its own FPN unless `mp.neck` names another neck."""
+    NECKS.get(mp.neck)
+    return RetinaNet(
+        backbone=backbone, num_classes=num_classes, neck=None if mp.neck == "fpn" else create_neck(mp),
+        num_anchors=mp.num_scales * len(mp.aspect_ratios), fpn_channels=mp.fpn_channels,
+        head_convs=mp.head_convs, head_channels=mp.head_channels, min_level=mp.min_level,
+        max_level=mp.max_level, bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon,
+        activation=mp.activation, dtype=_dtype(mp))
+
+
+@HEADS.register("segmentation")
+def segmentation_model(mp, backbone, num_classes: int):
+    """A segmenter: backbone, `mp.neck`, segmentation head at `mp.segmentation_level`."""
+    head = functools.partial(SegmentationHead, num_classes=num_classes, num_convs=mp.head_convs,
+                             channels=mp.head_channels, level=mp.segmentation_level, activation=mp.activation,
+                             bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon, dtype=_dtype(mp))
+    return Segmenter(backbone=backbone, neck=create_neck(mp), head=head, num_classes=num_classes,
+                     dtype=_dtype(mp))
+
+
+@HEADS.register("classification")
+def classification_model(mp, backbone, num_classes: int):
+    """A classifier: backbone and the head it was published with (`classification_head`)."""
+    return Classifier(backbone=backbone, head=classification_head(mp, num_classes), dtype=_dtype(mp))
 
 
 def classification_head(mp, num_classes: int) -> Callable[..., nn.Module]:
     """The classifier head a backbone was published with: EfficientNet's 1x1 "top" conv
     (round_filters(1280), BN, swish) before pooling, a plain pool + FC otherwise."""
-    from stlib.models.classifier import ClassificationHead
     fn, bn_from_model = BACKBONES[mp.backbone]
     if mp.backbone.startswith("efficientnet-"):
         kw = fn.keywords

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
+from stlib.models.fpn import FPN
 
 
 class RetinaNetHead(nn.Module):
@@ -85,7 +86,6 @@ class RetinaNet(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        from stlib.models.fpn import FPN
         bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
         feats = self.backbone(name="backbone")(images.astype(self.dtype), train=train)
         if self.neck is None:

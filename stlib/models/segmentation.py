@@ -2,8 +2,8 @@
 
 backbone (C3-C5) -> neck (NAS-FPN P3-P7) -> `SegmentationHead`: pyramid fusion of every
 level to stride 2^level (default 4) by TF1 legacy bilinear resizing, then 3 x
-[3x3 conv -> BN -> act] and a 1x1 conv to the classes. The loss is softmax cross-entropy
-on labels resized to the logit size (ignore label 255, mean over valid pixels); mIoU is
+[3x3 conv -> BN -> act] and a 1x1 conv to the classes. Its loss is `stlib.losses.segmentation_loss` (softmax cross-entropy
+on labels resized to the logit size, ignore label 255); mIoU (`stlib.eval.miou`) is
 computed after bilinearly upsampling the logits to the label size.
 
 Resizing follows TF1 `resize_bilinear(align_corners=False, half_pixel_centers=False)`,
@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -201,57 +200,7 @@ def resize_labels_to(labels, hw):
     return labels[:, ys][:, :, xs]
 
 
-def segmentation_loss(logits, labels, ignore_label: int = 255):
-    """Softmax cross-entropy (no label smoothing, no class weights) between logits
-    [B, h, w, C] and integer labels [B, H, W] (or [B, H, W, 1]) resized to (h, w) by
-    `resize_labels_to`. Pixels equal to `ignore_label` are excluded (after resizing);
-    the loss is the mean over valid pixels, 0 (with zero, finite gradient) when none are.
-    """
-    logits = logits.astype(jnp.float32)
-    labels = resize_labels_to(labels, logits.shape[1:3]).astype(jnp.int32)
-    valid = labels != ignore_label
-    safe = jnp.where(valid, labels, 0)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    nll = jnp.where(valid, nll, 0.0)
-    count = jnp.sum(valid).astype(jnp.float32)
-    return jnp.sum(nll) / jnp.maximum(count, 1.0)
-
-
 def segmentation_upsample_logits(logits, size: Sequence[int]):
     """Bilinearly upsamples logits [B, h, w, C] to the label size (H, W) for evaluation,
     as TPU `metric_fn` does with `resize_bilinear(align_corners=False)` (legacy mapping)."""
     return legacy_resize_bilinear(logits, size)
-
-
-def confusion_matrix(pred, labels, num_classes: int, ignore_label: int = 255):
-    """[num_classes, num_classes] int32 counts, rows = ground truth, cols = prediction,
-    over pixels whose label is not `ignore_label` (and lies in [0, num_classes)).
-    Confusion matrices of several batches can simply be summed."""
-    labels = jnp.asarray(labels).reshape(-1).astype(jnp.int32)
-    pred = jnp.asarray(pred).reshape(-1).astype(jnp.int32)
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-    idx = jnp.where(valid, labels * num_classes + jnp.clip(pred, 0, num_classes - 1), 0)
-    counts = jnp.zeros((num_classes * num_classes,), jnp.int32).at[idx].add(valid.astype(jnp.int32))
-    return counts.reshape(num_classes, num_classes)
-
-
-def miou_from_confusion(cm):
-    """(mean IoU, per-class IoU) from a confusion matrix. IoU_c = TP / (TP + FP + FN); the
-    mean is over classes with TP + FP + FN > 0 (present in labels or predictions), as
-    `tf.metrics.mean_iou`; absent classes get NaN in the per-class vector (mean 0 if none)."""
-    cm = jnp.asarray(cm).astype(jnp.float32)
-    tp = jnp.diagonal(cm)
-    denom = jnp.sum(cm, axis=0) + jnp.sum(cm, axis=1) - tp
-    present = denom > 0
-    iou = jnp.where(present, tp / jnp.where(present, denom, 1.0), jnp.nan)
-    n = jnp.sum(present)
-    mean = jnp.where(n > 0, jnp.sum(jnp.where(present, iou, 0.0)) / jnp.maximum(n, 1), 0.0)
-    return mean, iou
-
-
-def miou(pred, labels, num_classes: int, ignore_label: int = 255):
-    """Mean IoU of integer predictions vs labels (same shape) ignoring `ignore_label` pixels.
-    Returns (mean IoU over classes present in pred or labels, per-class IoU [num_classes],
-    NaN for absent classes)."""
-    return miou_from_confusion(confusion_matrix(pred, labels, num_classes, ignore_label))

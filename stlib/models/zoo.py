@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stlib.config import ModelParams
+from stlib.models import registry
+from stlib.models.registry import create_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +153,6 @@ def _param_count(tree) -> int:
 
 def _classifier_head_extra(entry: ZooEntry, size: int) -> tuple[int, int]:
     """(params, MAdds) of the EfficientNet classifier head alone, on its backbone's C5."""
-    from stlib.models import registry
     mp = dataclasses.replace(entry.params, head="classification", neck="fpn")
     head = registry.classification_head(mp, 1000)(name="head")
     c5 = registry.create_backbone(mp)()
@@ -165,7 +166,6 @@ def _classifier_head_extra(entry: ZooEntry, size: int) -> tuple[int, int]:
 
 def measure(entry: ZooEntry, size: Optional[int] = None) -> dict:
     """Params, MAdds and XLA FLOPs of `entry` at `size` (default: its published input size)."""
-    from stlib.models.registry import create_model
     size = size or entry.input_size
     model = create_model(entry.params, entry.num_classes)
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)

@@ -6,13 +6,13 @@ import dataclasses
 import numpy as np
 
 from stlib.data.coco import CorruptImageError, DetectionRecord, DetectionSource
+from stlib.pseudo import quality
 from stlib.pseudo.labels import pixel_digest
 
 
 def oracle_labels(labels, source) -> list:
     """`labels` with their boxes replaced by the pool's hidden ground truth at score 1
     (`self_train.oracle`, a diagnostic: what perfect pseudo labels would give)."""
-    from stlib.pseudo import quality
     gt_path = getattr(source, "hidden_gt", None)
     if gt_path is None:
         raise ValueError(f"self_train.oracle: the unlabeled pool {getattr(source, 'name', source)!r} has no hidden "

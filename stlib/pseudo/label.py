@@ -28,12 +28,15 @@ from tqdm.auto import tqdm
 
 from stlib import config as cfg
 from stlib.data.pipeline import prefetch, resize_long_side
+from stlib.eval.postprocess import NMS_METHODS
 from stlib.pseudo.labels import ImageLabels, pixel_digest
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.store import PseudoLabelStore
 from stlib.pseudo.teacher import TeacherRun
+from stlib.tasks.detection import Detector
 from stlib.train import sharding
 
+_DEFAULTS = cfg.SelfTrainParams()   # store_min_score and nms: written once, in stlib.config
 DEFAULT_SHARD_SIZE = 500  # our choice: ~1 s of mini inference per shard, 2,400 shards for ImageNet
 
 
@@ -96,7 +99,8 @@ def _canvas_batch(items: list, image_size: int, batch_size: int) -> dict:
     return batch
 
 
-def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float = 0.1, nms: str = "nms",
+def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float = _DEFAULTS.store_min_score,
+                       nms: str = _DEFAULTS.nms,
                        max_images: int = 0, store_dir: str | Path | None = None,
                        shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int | None = None,
                        progress: bool = True) -> PseudoLabelStore:
@@ -109,8 +113,7 @@ def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float 
     """
     t = TeacherRun(teacher)
     tp = t.params
-    if nms not in ("nms", "soft_nms"):
-        raise cfg.ParamsError(f"nms must be nms|soft_nms, got {nms!r}")
+    NMS_METHODS.get(nms, what="nms")
     source = parse_unlabeled(unlabeled, tp.data.world_scale, tp.data.world_seed, tp.data.tfds_data_dir)
     n = len(source) if not max_images else min(max_images, len(source))
     source_identity = source.identity()
@@ -138,14 +141,11 @@ def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float 
 
 def _label_shards(t: TeacherRun, source, store: PseudoLabelStore, shards: list, min_score: float, nms: str,
                   batch_size: int | None, progress: bool) -> None:
-    from stlib.train.loop import Detector
     tp = t.params
     post = dataclasses.replace(tp.postprocess, score_threshold=float(min_score), method=nms)
     tp = dataclasses.replace(tp, postprocess=post)
-    sharding.maybe_initialize_distributed()
-    mesh = sharding.create_mesh()
     bs = batch_size or tp.train.eval_batch_size
-    sharding.check_batch_size(bs, mesh, "pseudo-label batch size")
+    mesh = sharding.setup_mesh(bs, what="pseudo-label batch size")
     detector = Detector(tp, len(store.categories), mesh)
     state = t.load_state(detector)
     variables = {"params": state.params, "batch_stats": state.batch_stats}

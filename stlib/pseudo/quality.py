@@ -33,8 +33,12 @@ import os
 
 import numpy as np
 
+from stlib.config import SelfTrainParams
+from stlib.eval.coco_eval import evaluate_coco
+from stlib.io import to_jsonable
+
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-PAPER_THRESHOLD = 0.5
+PAPER_THRESHOLD = SelfTrainParams().score_threshold   # Sec. 3.2's hard threshold (cited there)
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -281,7 +285,6 @@ def pseudo_ap(labels, gt) -> dict:
     over the images scored (not skipped, with a GT entry); "images" adds their count."""
     from pycocotools.coco import COCO
 
-    from stlib.eval.coco_eval import evaluate_coco
 
     data = load_gt(gt)
     ids = category_ids(data)
@@ -492,7 +495,6 @@ def quality_report(labels, source_hidden_gt=None, source_hidden_labels=None, cat
     With `source_hidden_labels` and `categories` (the number of detection classes):
     "object_pool" (`object_pool_agreement`).
     """
-    from stlib.io import to_jsonable
 
     labels = list(labels)
     thresholds = tuple(float(t) for t in thresholds)

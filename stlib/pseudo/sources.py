@@ -38,6 +38,8 @@ import numpy as np
 
 from stlib.data.coco import CorruptImageError, DataError, decode_image
 from stlib.data.identity import listing_digest, sha256_bytes
+from stlib.data.world import ensure_world
+from stlib.registry import Registry
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -46,7 +48,9 @@ __all__ = [
     "TfdsImageSource",
     "UnlabeledSource",
     "WorldPoolSource",
+    "UNLABELED",
     "parse_unlabeled",
+    "unlabeled_kind",
 ]
 
 _log = logging.getLogger(__name__)
@@ -351,6 +355,46 @@ _FORMS = ("world:scenes", "world:objects", "tfds:<name>:<split>", "folder:<path>
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]+):")
 
 
+def unlabeled_kind(spec) -> str | None:
+    """The kind a spec names, its ``"<kind>:"`` prefix (``"folder"`` for a plain path, which
+    has none or is an existing path); None for an empty spec."""
+    if not isinstance(spec, str) or not spec.strip():
+        return None
+    spec = spec.strip()
+    m = _SCHEME.match(spec)
+    if m is None or (m.group(1) not in UNLABELED and os.path.exists(spec)):
+        return "folder"
+    return m.group(1)
+
+
+# kind -> parser(spec, rest, world_scale, world_seed, tfds_data_dir, forms) (`self_train.unlabeled`)
+UNLABELED = Registry("unlabeled source kind", field="self_train.unlabeled", key=unlabeled_kind)
+
+
+@UNLABELED.register("world")
+def _parse_world(spec, rest, world_scale, world_seed, tfds_data_dir, forms):
+    if rest not in WORLD_POOLS:
+        raise DataError(f"unlabeled source spec {spec!r}: unknown world pool {rest!r}; accepted forms: {forms}")
+
+    root = ensure_world(world_scale, world_seed)
+    return WorldPoolSource(root, rest, scale=world_scale, seed=world_seed, spec=spec)
+
+
+@UNLABELED.register("tfds")
+def _parse_tfds(spec, rest, world_scale, world_seed, tfds_data_dir, forms):
+    name, _, split = rest.rpartition(":")
+    if not name or not split:
+        raise DataError(f"unlabeled source spec {spec!r}: need 'tfds:<name>:<split>'; accepted forms: {forms}")
+    return TfdsImageSource(name, split, tfds_data_dir or None, spec=spec)
+
+
+@UNLABELED.register("folder")
+def _parse_folder(spec, rest, world_scale, world_seed, tfds_data_dir, forms):
+    if not rest:
+        raise DataError(f"unlabeled source spec {spec!r} names no folder; accepted forms: {forms}")
+    return FolderSource(rest, spec=spec)
+
+
 def parse_unlabeled(spec: str, world_scale: str = "mini", world_seed: int = 0,
                     tfds_data_dir: str = "") -> UnlabeledSource:
     """The unlabeled source named by ``spec`` (``source.spec`` keeps the string).
@@ -362,30 +406,17 @@ def parse_unlabeled(spec: str, world_scale: str = "mini", world_seed: int = 0,
       ``tfds_data_dir`` (empty: tfds' default);
     * ``"folder:<path>"`` or a plain path: an image folder.
 
-    Anything else (an empty string, an unknown ``scheme:`` prefix that is not an
-    existing path) raises `DataError` listing the accepted forms.
+    The kinds are the parsers of `UNLABELED` (`unlabeled_kind`). Anything else (an empty
+    string, an unknown ``kind:`` prefix that is not an existing path) raises `DataError`
+    listing the accepted forms.
     """
     forms = ", ".join(repr(f) for f in _FORMS)
-    if not isinstance(spec, str) or not spec.strip():
+    kind = unlabeled_kind(spec)
+    if kind is None:
         raise DataError(f"unlabeled source spec {spec!r} is empty; accepted forms: {forms}")
     spec = spec.strip()
-    scheme, _, rest = spec.partition(":")
-    if scheme == "world":
-        if rest not in WORLD_POOLS:
-            raise DataError(f"unlabeled source spec {spec!r}: unknown world pool {rest!r}; accepted forms: {forms}")
-        from stlib.data.world import ensure_world
-
-        root = ensure_world(world_scale, world_seed)
-        return WorldPoolSource(root, rest, scale=world_scale, seed=world_seed, spec=spec)
-    if scheme == "tfds":
-        name, _, split = rest.rpartition(":")
-        if not name or not split:
-            raise DataError(f"unlabeled source spec {spec!r}: need 'tfds:<name>:<split>'; accepted forms: {forms}")
-        return TfdsImageSource(name, split, tfds_data_dir or None, spec=spec)
-    if scheme == "folder":
-        if not rest:
-            raise DataError(f"unlabeled source spec {spec!r} names no folder; accepted forms: {forms}")
-        return FolderSource(rest, spec=spec)
-    if _SCHEME.match(spec) and not os.path.exists(spec):
-        raise DataError(f"unlabeled source spec {spec!r}: unknown kind {scheme!r}; accepted forms: {forms}")
-    return FolderSource(spec, spec=spec)
+    if kind not in UNLABELED:
+        raise DataError(f"unlabeled source spec {spec!r}: unknown kind {kind!r}; accepted forms: {forms}")
+    m = _SCHEME.match(spec)
+    rest = spec[len(kind) + 1:] if m and m.group(1) == kind else spec   # a plain path: all of it
+    return UNLABELED[kind](spec, rest, world_scale, world_seed, tfds_data_dir, forms)

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from stlib.config import ParamsError
+from stlib.config import ParamsError, SelfTrainParams
 from stlib.io import to_jsonable, write_bytes_atomic, write_json_atomic
 from stlib.pseudo.labels import ImageLabels
 
@@ -412,7 +412,8 @@ class PseudoLabelStore:
         }
 
     # ------------------------------------------------------------------ export
-    def export_coco(self, path, min_score: float = 0.5, allow_partial: bool = False) -> dict:
+    def export_coco(self, path, min_score: float = SelfTrainParams().score_threshold,
+                    allow_partial: bool = False) -> dict:
         """Write the labels scoring >= ``min_score`` as a COCO-format dataset (atomically) and return it.
 
         Images are ``{"id": index + 1, "file_name": key, "height", "width"}`` (skipped

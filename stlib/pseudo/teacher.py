@@ -4,18 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
-
 from stlib import config as cfg
 from stlib import paths
-
-REPO_ROOT = paths.REPO_ROOT
+from stlib.data.sources import build_detection_sources
+from stlib.models.weight_import import read_checkpoint
+from stlib.train.checkpoints import read_best_digest
 
 
 def find_run(path: str | Path, what: str = "self_train.teacher") -> Path:
     """The run folder `path` names (absolute, or relative to the working directory or the repo)."""
     p = Path(path).expanduser()
-    for cand in ([p] if p.is_absolute() else [p, REPO_ROOT / p]):
+    for cand in ([p] if p.is_absolute() else [p, paths.REPO_ROOT / p]):
         if cand.is_dir():
             return cand.resolve()
     raise cfg.ParamsError(f"{what} {str(path)!r}: no such run folder (train the teacher first, e.g. "
@@ -50,7 +49,6 @@ class TeacherRun:
             raise cfg.ParamsError(f"{what}: {self.dir} has no best checkpoint under {best} "
                                   "(checkpoints are not in git: re-make the run on this machine)")
         self.run_id = self.dir.name
-        from stlib.train.checkpoints import read_best_digest
         # the identity of these weights: a teacher re-made on another machine is another teacher
         self.digest = metrics.get("checkpoint_digest") or read_best_digest(self.dir)
         if not self.digest:
@@ -59,7 +57,6 @@ class TeacherRun:
 
     def categories(self) -> list[dict]:
         """The teacher's training categories ([{"id", "name"}], contiguous class k = entry k-1)."""
-        from stlib.data.sources import build_detection_sources
         train, _ = build_detection_sources(self.params.data)
         return [{"id": c["id"], "name": c["name"]} for c in train.categories]
 
@@ -68,18 +65,15 @@ class TeacherRun:
         so run ids do not depend on where the repository is checked out."""
         return paths.relative(self.dir)
 
+    def variables(self) -> dict:
+        """The best checkpoint's {"params", "batch_stats"} (numpy)."""
+        variables, _ = read_checkpoint(self.dir)
+        return variables
+
     def load_state(self, detector):
-        """The teacher's best TrainState for `detector` (a `stlib.train.loop.Detector` of its params)."""
-        from stlib.train.checkpoints import Checkpoints
-        from stlib.train import sharding
-        from stlib.train.state import create_train_state
-        state = create_train_state(detector.model, detector.tx, self.params.data.image_size,
-                                   jax.random.PRNGKey(0), sharding.replicated(detector.mesh))
-        ck = Checkpoints(self.dir / "checkpoints")
-        try:
-            return ck.restore_best(state)
-        finally:
-            ck.close()
+        """The teacher's best weights as a TrainState of `detector` (a `stlib.tasks.detection.Detector`
+        of its params)."""
+        return detector.restore(self.variables())
 
 
 def check_same_classes(teacher_categories: list[dict], student_categories: list[dict], teacher_dir) -> None:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from stlib.io import write_json_atomic
+
 DIGEST_FILE = "digest.json"   # beside the best checkpoint: {"step", "digest"}
 
 
@@ -63,7 +65,6 @@ class Checkpoints:
         self._save(self.latest, step, state)
 
     def save_best(self, step: int, state) -> None:
-        from stlib.io import write_json_atomic
         self._save(self.best, step, state)
         if jax.process_index() == 0:
             write_json_atomic(self.dir / "best" / DIGEST_FILE, {"step": int(step), "digest": variables_digest(state)})

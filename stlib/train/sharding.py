@@ -51,3 +51,13 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size"
     if batch_size % n or batch_size % jax.process_count():
         raise ValueError(f"{what} ({batch_size}) must be a multiple of the number of devices ({n}) "
                          f"and of processes ({jax.process_count()})")
+
+
+def setup_mesh(batch_size: int, eval_batch_size: int | None = None, what: str = "train.batch_size"):
+    """The run's mesh (joining a multi-host job first), with its batch sizes checked against it."""
+    maybe_initialize_distributed()
+    mesh = create_mesh()
+    check_batch_size(batch_size, mesh, what)
+    if eval_batch_size is not None:
+        check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
+    return mesh

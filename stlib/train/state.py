@@ -1,10 +1,5 @@
-"""TrainState, optimizer and learning-rate schedule.
-
-Optimizer (Sec. 3.2, REFERENCE §4.4/§4.6): SGD with momentum 0.9; L2 weight decay on
-conv/dense kernels only (not BN, not biases), added to the gradient before clipping and
-momentum, as the TPU code's L2 loss term does; optional global-norm clipping; linear
-warmup from `warmup_init_lr` to `base_lr`, then cosine decay to 0 at the last step.
-"""
+"""TrainState, its initialization, and restoring variables into it (the optimizers and the
+schedule are in `stlib.train.optimizers`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +8,9 @@ import flax
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
+
+from stlib.train import sharding
 
 
 @flax.struct.dataclass
@@ -33,34 +30,6 @@ class SelfTrainState(TrainState):
     loss_avg: Any = None
 
 
-def learning_rate_schedule(tp) -> optax.Schedule:
-    """Sec. 3.2: linear warmup (warmup_init_lr -> base_lr over warmup_steps), then cosine decay."""
-    return optax.warmup_cosine_decay_schedule(
-        init_value=tp.warmup_init_lr, peak_value=tp.base_lr, warmup_steps=tp.warmup_steps,
-        decay_steps=tp.steps, end_value=0.0)
-
-
-def kernel_mask(params):
-    """True for conv/dense kernels (the variables TPU's L2 term covers: `.*(kernel|weight)`)."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
-
-
-def create_optimizer(tp) -> optax.GradientTransformation:
-    """`train.optimizer` sgd (above) or lars (SimCLR's; `stlib.train.simclr.lars_optimizer`, its
-    weight decay and trust ratio on all but BN parameters and biases), with the same schedule."""
-    if getattr(tp, "optimizer", "sgd") == "lars":
-        from stlib.train.simclr import lars_optimizer
-        lars = lars_optimizer(learning_rate_schedule(tp), tp.weight_decay, tp.momentum)
-        if tp.grad_clip_norm > 0:
-            return optax.chain(optax.clip_by_global_norm(tp.grad_clip_norm), lars)
-        return lars
-    parts = [optax.add_decayed_weights(tp.weight_decay, mask=kernel_mask)]
-    if tp.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(tp.grad_clip_norm))
-    parts.append(optax.sgd(learning_rate_schedule(tp), momentum=tp.momentum))
-    return optax.chain(*parts)
-
-
 def create_train_state(model, tx, image_size: int, rng, replicated_sharding=None) -> TrainState:
     """Initializes variables under `jit` (placed with `replicated_sharding` when given)."""
     init_rng, state_rng = jax.random.split(rng)
@@ -76,3 +45,19 @@ def create_train_state(model, tx, image_size: int, rng, replicated_sharding=None
 
 def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def same_layers(state, variables: dict) -> bool:
+    """Whether `variables` ({"params", "batch_stats"}) has exactly the state's layers and shapes."""
+    mine = (state.params, state.batch_stats)
+    theirs = (variables["params"], variables.get("batch_stats", {}))
+    return jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(theirs) and all(
+        a.shape == np.shape(b) for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)))
+
+
+def restore_variables(state, variables: dict, tx, mesh):
+    """`state` with all weights and BN statistics from `variables` and a fresh optimizer state."""
+    rep = sharding.replicated(mesh)
+    params = jax.device_put(jax.tree.map(jnp.asarray, variables["params"]), rep)
+    stats = jax.device_put(jax.tree.map(jnp.asarray, variables.get("batch_stats", {})), rep)
+    return state.replace(params=params, batch_stats=stats, opt_state=jax.jit(tx.init, out_shardings=rep)(params))

@@ -15,13 +15,16 @@ import matplotlib.patches as patches
 import matplotlib.pyplot as plt
 import numpy as np
 
+from stlib import paths
 from stlib.augment import POLICIES, augment_example
 from stlib.augment.flip_crop import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from stlib.augment.ops import AUTOAUGMENT_CONSTANTS, DETECTION_OPS, MAX_LEVEL, OPS, OpConstants, apply_op
 from stlib.config import AugmentParams
+from stlib.data.pipeline import DetectionData
+from stlib.data.sources import build_detection_sources
 
 DPI = 72
-FIDELITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "augment_fidelity.md"
+FIDELITY_DOC = paths.DOCS_DIR / "augment_fidelity.md"
 PANEL_INCHES = 1.6
 AUGMENT_KEYS = ("image", "image_hw", "boxes", "classes", "valid", "mask")
 ALL_OPS = DETECTION_OPS + ("Invert",)  # the 25 detection ops (REFERENCE §1.6) + RandAugment's Invert (§2)
@@ -165,8 +168,6 @@ def load_scenes(params, num: int = 3, split: str = "val", min_boxes: int = 1):
     Returns (examples, class_names): examples are `DetectionData.example` dicts restricted to
     the augmentation keys; class_names is the source's category names (class id k -> item k-1).
     """
-    from stlib.data.pipeline import DetectionData
-    from stlib.data.sources import build_detection_sources
 
     if split not in ("val", "train"):
         raise ValueError(f"split must be val|train, got {split!r}")

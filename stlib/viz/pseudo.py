@@ -19,7 +19,10 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
+from stlib.io import write_json_atomic
 from stlib.pseudo import quality as q
+from stlib.pseudo.sources import parse_unlabeled
+from stlib.pseudo.store import PseudoLabelStore
 
 DPI = 72
 SAVE_DPI = 110
@@ -355,8 +358,6 @@ def explore_store(store_dir, out_dir=None, threshold: float = q.PAPER_THRESHOLD,
     Returns {"store", "meta", "summary", "labels", "source", "hidden_gt", "hidden_labels",
     "report", "figures", "paths", "out_dir", "notes"}; "notes" says what was left out and why.
     """
-    from stlib.io import write_json_atomic
-    from stlib.pseudo.store import PseudoLabelStore
 
     if not str(store_dir or "").strip():
         raise ValueError("no pseudo-label store given: set STORE_DIR to a store folder (the one holding store.json)")
@@ -380,7 +381,6 @@ def explore_store(store_dir, out_dir=None, threshold: float = q.PAPER_THRESHOLD,
 
     source = None
     try:
-        from stlib.pseudo.sources import parse_unlabeled
         source = parse_unlabeled(meta["source"], world_scale, world_seed)
     except Exception as e:
         notes.append(f"cannot rebuild the source {meta.get('source')!r} ({type(e).__name__}: {e}): no images")

@@ -70,7 +70,8 @@ def test_randaugment_changes_pixels_beyond_flip_crop():
 
 
 def test_unknown_policy():
-    with pytest.raises(ValueError, match="unknown policy"):
+    with pytest.raises(ValueError, match=r"pretrain.augment 's4': unknown classification augment policy "
+                                         r"\(known: flip_crop\|randaugment\)"):
         augment_classification(jax.random.key(0), _images(), "s4")
 
 

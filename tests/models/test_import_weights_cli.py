@@ -104,12 +104,12 @@ def test_cli_refuses_to_overwrite_and_names_bad_files(imported, tmp_path, capsys
 
 def test_detector_init_loads_the_backbone_exactly_and_leaves_heads_fresh(imported):
     from stlib.train import sharding
-    from stlib.train.loop import Detector
+    from stlib.tasks.detection import Detector
     _, _, out = imported
     over = ["model.backbone=efficientnet-b0", "model.head_convs=1"]
     mesh = sharding.create_mesh()
     rand = Detector(cfg.load_params(SMOKE, over), 3, mesh).init_state()
-    loaded = Detector(cfg.load_params(SMOKE, over + [f"model.init={out}"]), 3, mesh).init_state()
+    loaded = Detector(cfg.load_params(SMOKE, over + [f"model.init={out}"]), 3, mesh).init_state(init=out)
     variables, _ = wi.read_checkpoint(out)
     for col, got in (("params", loaded.params), ("batch_stats", loaded.batch_stats)):
         jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got["backbone"]),
@@ -120,11 +120,11 @@ def test_detector_init_loads_the_backbone_exactly_and_leaves_heads_fresh(importe
 
 def test_detector_with_another_backbone_is_refused(imported):
     from stlib.train import sharding
-    from stlib.train.loop import Detector
+    from stlib.tasks.detection import Detector
     _, _, out = imported
     p = cfg.load_params(SMOKE, [f"model.init={out}"])        # smoke backbone: resnet-tiny
     with pytest.raises(wi.WeightImportError, match="holds backbone efficientnet-b0, the model.s is resnet-tiny"):
-        Detector(p, 3, sharding.create_mesh()).init_state()
+        Detector(p, 3, sharding.create_mesh()).init_state(init=out)
 
 
 def test_fold_unit_convention_matches_the_stem_inside_the_image():

@@ -70,24 +70,46 @@ def test_efficientnet_keeps_its_own_batchnorm():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.backbone=resnet-9000", "unknown backbone 'resnet-9000'"),
-    ("model.neck=bifpn", "model.neck must be fpn|nasfpn|identity"),
-    ("model.head=mask", "model.head must be retinanet|segmentation|classification"),
-    ("model.activation=gelu", "model.activation must be relu|swish"),
-    ("model.neck=identity", "needs a backbone that outputs P3-P7"),
-    ("model.init=/no/such/folder", "no such checkpoint folder"),
+    ("model.backbone=resnet-9000", r"model.backbone 'resnet-9000': unknown backbone \(known: resnet-tiny\|"),
+    ("model.neck=bifpn", r"model.neck 'bifpn': unknown neck \(known: fpn\|nasfpn\|identity\)"),
+    ("model.head=mask", r"model.head 'mask': unknown head \(known: retinanet\|segmentation\|classification\)"),
+    ("model.activation=gelu", r"model.activation 'gelu': unknown activation \(known: relu\|swish\)"),
+    ("model.neck=identity", "model.neck identity needs a backbone that outputs P3-P7"),
 ])
-def test_params_errors_name_the_key(override, message):
+def test_choice_errors_name_the_key(override, message):
+    p = cfg.load_params(SMOKE, [override])          # the names are the registries' to check
     with pytest.raises(cfg.ParamsError, match=message):
-        cfg.load_params(SMOKE, [override])
+        from stlib import registry as reg
+        reg.check_choices(p)
 
 
-def test_segmenter_preset_is_rejected_by_the_detection_loop():
-    from stlib.train.loop import Detector
+def test_identity_neck_is_fine_with_spinenet_or_without_retinanet_head():
+    from stlib import registry as reg
+    reg.check_choices(cfg.load_params(SMOKE, ["model.neck=identity", "model.backbone=spinenet-tiny"]))
+    reg.check_choices(cfg.load_params(SMOKE, ["model.neck=identity", "model.head=segmentation"]))
+
+
+def test_params_errors_name_the_key():
+    with pytest.raises(cfg.ParamsError, match="no such checkpoint folder"):
+        cfg.load_params(SMOKE, ["model.init=/no/such/folder"])
+
+
+def test_model_registries_keep_mapping_lookups():
+    assert "resnet50" in registry.BACKBONES and "fpn" in registry.NECKS and "retinanet" in registry.HEADS
+    assert list(registry.ACTIVATIONS) == ["relu", "swish"] and registry.ACTIVATIONS is registry.activations.ACTIVATIONS
+    fn, bn_from_model = registry.BACKBONES["resnet50"]
+    assert bn_from_model and callable(fn)
+
+
+def test_segmenter_preset_is_rejected_by_the_detector_and_has_no_task_yet():
+    from stlib.tasks import task_for
+    from stlib.tasks.detection import Detector
     from stlib.train import sharding
     p = cfg.load_params(SMOKE, ["model.head=segmentation"])
-    with pytest.raises(cfg.ParamsError, match="this loop trains detectors"):
+    with pytest.raises(cfg.ParamsError, match="a Detector is a detection model"):
         Detector(p, 3, sharding.create_mesh())
+    with pytest.raises(cfg.ParamsError, match="model.head 'segmentation'"):
+        task_for(p)
 
 
 def _bn_epsilons(model, size=64) -> dict:

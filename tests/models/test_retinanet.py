@@ -33,6 +33,6 @@ def test_retinanet_outputs_align_with_anchors(size):
 
 
 def test_unknown_backbone_is_named():
-    with pytest.raises(ValueError, match="unknown backbone 'resnet-9000'"):
+    with pytest.raises(ValueError, match="model.backbone 'resnet-9000': unknown backbone"):
         create_model(ModelParams(backbone="resnet-9000"), 3)
     assert {"resnet-tiny", "resnet-mini", "resnet50", "resnet101"} <= set(BACKBONES)

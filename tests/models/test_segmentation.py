@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from stlib.models.nasfpn import NASFPN
-from stlib.models.segmentation import (SegmentationHead, Segmenter, confusion_matrix, legacy_resize_bilinear,
-                                       miou, pyramid_feature_fusion, resize_labels_to, segmentation_loss,
-                                       segmentation_upsample_logits)
+from stlib.eval.miou import confusion_matrix, miou
+from stlib.losses import segmentation_loss
+from stlib.models.segmentation import (SegmentationHead, Segmenter, legacy_resize_bilinear, pyramid_feature_fusion,
+                                       resize_labels_to, segmentation_upsample_logits)
 from stlib.train.state import count_params
 
 

@@ -56,7 +56,7 @@ def test_min_score_above_threshold_is_a_one_line_params_error():
 
 def test_labelling_stores_no_box_that_clipping_collapsed(tmp_path, monkeypatch):
     """`_label_shards` with a stand-in detector: a box below the image clips to zero height and is not stored."""
-    import stlib.train.loop as loop
+    import stlib.pseudo.label as label_mod
     from stlib.pseudo.label import _label_shards
 
     bs = 2 * jax.device_count()
@@ -73,7 +73,7 @@ def test_labelling_stores_no_box_that_clipping_collapsed(tmp_path, monkeypatch):
                     "classes": np.broadcast_to(np.array([2, 1, 3, 1], np.int32), (bs, 4)),
                     "valid": np.broadcast_to(np.array([True, True, True, False]), (bs, 4))}
 
-    monkeypatch.setattr(loop, "Detector", FakeDetector)
+    monkeypatch.setattr(label_mod, "Detector", FakeDetector)
     image = np.zeros((40, 64, 3), np.uint8)
     source = types.SimpleNamespace(images=lambda start, stop: [(i, image) for i in range(start, stop)],
                                    key=lambda i: f"{i}.png")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from stlib import config as cfg
-from stlib.train.pretrain import select_pseudo_labels, soft_cross_entropy
+from stlib.losses import soft_cross_entropy
+from stlib.pseudo.classification import select_pseudo_labels
 
 
 def test_selection_drops_unconfident_images_and_balances_classes():
@@ -69,10 +70,10 @@ def test_noisy_student_params_errors_name_the_key(override, message):
 
 
 def test_a_teacher_that_is_not_a_classifier_run_is_refused_before_work(tmp_path):
-    from stlib.train.pretrain import NoisyStudentExperiment
+    from stlib.experiments.assemble import build_task
     run = tmp_path / "smoke-retinanet-0000000000"
     run.mkdir()
     (run / "params.yaml").write_text(cfg.dump_params(cfg.load_params("params/smoke/retinanet.yaml")))
     p = cfg.load_params("params/smoke/noisy_student.yaml", [f"pretrain.teacher={run}"])
     with pytest.raises(cfg.ParamsError, match="not a classifier"):
-        NoisyStudentExperiment(p, progress=False)
+        build_task(p, progress=False)

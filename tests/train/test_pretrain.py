@@ -1,10 +1,12 @@
 """Supervised pre-training pieces: the loss against its formula, params checks."""
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from stlib import config as cfg
-from stlib.train.pretrain import classification_loss
+from stlib.losses import classification_loss
 
 
 def test_classification_loss_matches_the_formula():
@@ -22,9 +24,15 @@ def test_classification_loss_matches_the_formula():
     assert float(got_acc) == pytest.approx(acc)
 
 
+def test_an_unknown_pretrain_method_names_the_registered_ones():
+    from stlib import registry
+    import stlib.tasks  # noqa: F401  (the tasks register their methods)
+    want = "pretrain.method 'byol': unknown pre-training method (known: supervised|noisy_student|simclr)"
+    with pytest.raises(cfg.ParamsError, match=re.escape(want)):
+        registry.check_choices(cfg.load_params("params/smoke/pretrain.yaml", ["pretrain.method=byol"]))
+
+
 @pytest.mark.parametrize("override, message", [
-    ("pretrain.method=byol", "pretrain.method must be supervised"),
-    ("pretrain.augment=mixup", "pretrain.augment must be flip_crop|randaugment"),
     ("pretrain.image_size=50", "must be a multiple of 32"),
 ])
 def test_pretrain_params_errors_name_the_key(override, message):
@@ -32,7 +40,15 @@ def test_pretrain_params_errors_name_the_key(override, message):
         cfg.load_params("params/smoke/pretrain.yaml", [override])
 
 
+def test_pretrain_augment_is_a_registered_policy():
+    from stlib import registry
+    p = cfg.load_params("params/smoke/pretrain.yaml", ["pretrain.augment=mixup"])
+    with pytest.raises(cfg.ParamsError, match=r"pretrain.augment 'mixup': unknown classification augment policy "
+                                               r"\(known: flip_crop\|randaugment\)"):
+        registry.check_choices(p)
+
+
 def test_pretraining_refuses_a_detection_head():
-    from stlib.train.pretrain import PretrainExperiment
+    from stlib.tasks.pretrain import PretrainTask
     with pytest.raises(cfg.ParamsError, match="model.head classification"):
-        PretrainExperiment(cfg.load_params("params/smoke/pretrain.yaml", ["model.head=retinanet"]))
+        PretrainTask(cfg.load_params("params/smoke/pretrain.yaml", ["model.head=retinanet"]))

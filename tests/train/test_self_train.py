@@ -68,11 +68,11 @@ def test_loss_averages_start_at_the_first_loss_then_move():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from stlib.train.loop import train_and_evaluate
+    from stlib.experiments.assemble import train
     out = tmp_path_factory.mktemp("outputs")
     p = cfg.load_params(SMOKE)
     run_dir = out / "runs" / cfg.run_id(p)
-    train_and_evaluate(p, run_dir, progress=False)
+    train(p, run_dir, progress=False)
     return run_dir
 
 
@@ -81,9 +81,9 @@ def _student(teacher, *extra):
 
 
 def test_student_starts_from_the_teacher_with_exact_stream_shares(teacher):
-    from stlib.train.loop import Experiment
+    from stlib.experiments.assemble import build_task
     from stlib.pseudo.teacher import TeacherRun
-    exp = Experiment(_student(teacher, "self_train.joint=true", "pretrain.image_size=32", "train.batch_size=12"),
+    exp = build_task(_student(teacher, "self_train.joint=true", "pretrain.image_size=32", "train.batch_size=12"),
                      progress=False)
     assert exp.train_data.sizes == {"human": 4, "pseudo": 4, "classification": 4}
     batch = exp.train_data.train_batch(0, 12, 0)
@@ -119,28 +119,28 @@ def test_the_pseudo_stream_applies_the_hard_threshold(teacher):
 
 
 def test_a_missing_or_unfinished_teacher_is_an_error_before_any_work(teacher, tmp_path, monkeypatch):
-    from stlib.train.loop import Experiment
+    from stlib.experiments import assemble
     import stlib.data.sources as sources
-    monkeypatch.setattr(sources, "build_detection_sources", lambda *a: pytest.fail("work started"))
+    for mod in (sources, assemble):
+        monkeypatch.setattr(mod, "build_detection_sources", lambda *a: pytest.fail("work started"))
     with pytest.raises(cfg.ParamsError, match="no such run folder"):
-        Experiment(_student(tmp_path / "nope"), progress=False)
+        assemble.build_task(_student(tmp_path / "nope"), progress=False)
     half = tmp_path / "half"
     half.mkdir()
     shutil.copy(teacher / "params.yaml", half / "params.yaml")
     with pytest.raises(cfg.ParamsError, match="has not finished"):
-        Experiment(_student(half), progress=False)
+        assemble.build_task(_student(half), progress=False)
 
 
 def test_a_teacher_of_other_classes_is_an_error_before_labelling(teacher, monkeypatch):
-    from stlib.train.loop import Experiment
+    from stlib.experiments import assemble
     from stlib.pseudo import teacher as teacher_mod
-    import stlib.pseudo.label as label
     real = teacher_mod.TeacherRun.categories
     monkeypatch.setattr(teacher_mod.TeacherRun, "categories",
                         lambda self: [{"id": c["id"], "name": c["name"] + "-x"} for c in real(self)])
-    monkeypatch.setattr(label, "make_pseudo_labels", lambda *a, **k: pytest.fail("labelling started"))
+    monkeypatch.setattr(assemble, "make_pseudo_labels", lambda *a, **k: pytest.fail("labelling started"))
     with pytest.raises(cfg.ParamsError, match="classes differ"):
-        Experiment(_student(teacher), progress=False)
+        assemble.build_task(_student(teacher), progress=False)
 
 
 def test_pseudo_labelling_killed_part_way_resumes_to_every_image_exactly_once(teacher, tmp_path):
@@ -252,7 +252,7 @@ def test_a_pseudo_image_replaced_after_labelling_is_a_counted_skip(teacher, tmp_
 
 def test_a_self_training_run_resumes_exactly(teacher, tmp_path, capsys):
     from stlib.train.checkpoints import Checkpoints
-    from stlib.train.loop import train_and_evaluate
+    from stlib.experiments.assemble import train as train_and_evaluate
     p = _student(teacher)
     a = train_and_evaluate(p, tmp_path / "a", progress=False)
     b_dir = tmp_path / "b"
@@ -371,7 +371,7 @@ def test_soft_pseudo_labels_travel_with_their_scores_and_train(teacher):
     from stlib.pseudo.data import PseudoLabeledSource
     from stlib.pseudo.label import make_pseudo_labels
     from stlib.pseudo.sources import parse_unlabeled
-    from stlib.train.loop import Experiment
+    from stlib.experiments.assemble import build_task
     from stlib.train.sharding import shard_batch
     store = make_pseudo_labels(teacher, "world:scenes", min_score=0.01, progress=False)
     src = parse_unlabeled("world:scenes", "smoke", 0)
@@ -384,7 +384,7 @@ def test_soft_pseudo_labels_travel_with_their_scores_and_train(teacher):
     n = min(8, len(soft.records[0].boxes))
     np.testing.assert_allclose(ex["scores"][:n], soft.records[0].scores[:n])
     assert "scores" not in DetectionData(hard, 64, 8).example(0)
-    exp = Experiment(_student(teacher, "self_train.targets=soft"), progress=False)
+    exp = build_task(_student(teacher, "self_train.targets=soft"), progress=False)
     batch = exp.train_data.train_batch(0, exp.params.train.batch_size, 0)
     assert "scores" in batch["pseudo"] and "scores" not in batch["human"]
     state = exp.init_state()

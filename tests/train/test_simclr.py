@@ -10,8 +10,10 @@ import pytest
 
 from stlib.config import ModelParams
 from stlib.models.registry import create_backbone
-from stlib.train.simclr import (ProjectionHead, SimCLRModel, lars_mask, lars_optimizer, linear_probe,
-                                nt_xent_loss)
+from stlib.train.optimizers import lars_mask, lars_optimizer
+from stlib.eval.linear_probe import linear_probe
+from stlib.losses import nt_xent_loss
+from stlib.models.simclr import ProjectionHead, SimCLRModel
 
 loss_fn = jax.jit(nt_xent_loss)
 

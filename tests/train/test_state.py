@@ -7,7 +7,7 @@ import pytest
 
 from stlib.config import TrainParams
 from stlib.train.loop import early_stop_due
-from stlib.train.state import create_optimizer, kernel_mask, learning_rate_schedule
+from stlib.train.optimizers import create_optimizer, kernel_mask, learning_rate_schedule
 
 
 def test_schedule_is_linear_warmup_then_cosine_to_zero():

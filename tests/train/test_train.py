@@ -10,9 +10,10 @@ LOSSES = textwrap.dedent(f"""
     import json, jax
     from stlib import config
     from stlib.data.pipeline import stack
-    from stlib.train import loop, sharding
+    from stlib.experiments.assemble import build_task
+    from stlib.train import sharding
     p = config.load_params({SMOKE!r}, ["train.batch_size=4"])
-    exp = loop.Experiment(p, progress=False)
+    exp = build_task(p, progress=False)
     state = exp.init_state()
     out = []
     for s in range(3):
@@ -92,6 +93,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     code = textwrap.dedent(f"""
         from stlib import config
+        from stlib.experiments.assemble import train
         from stlib.train import loop
         from stlib.train.checkpoints import Checkpoints
         p = config.load_params({SMOKE!r}, ["train.steps=12", "train.warmup_steps=11", "train.base_lr=1e30",
@@ -99,7 +101,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                                           "train.eval_every=100", "train.log_every=1"])
         import json
         try:
-            loop.train_and_evaluate(p, {str(tmp_path / 'run')!r}, progress=False)
+            train(p, {str(tmp_path / 'run')!r}, progress=False)
         except loop.NonFiniteLossError as e:
             c = Checkpoints({str(tmp_path / 'run' / 'checkpoints')!r})
             print("RESULT", json.dumps({{"msg": str(e), "ckpt": c.latest_step()}}))

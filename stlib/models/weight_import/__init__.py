@@ -48,6 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stlib.config import ModelParams
+from stlib.models.registry import BACKBONES, create_model
+
 META_FILE = "stlib_weights.json"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)   # same constants as stlib.augment.flip_crop
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -311,8 +314,6 @@ def abstract_classifier_variables(arch: str, num_classes: int = 1000, bn_epsilon
     given), built with `jax.eval_shape` (nothing allocated)."""
     import jax
     import jax.numpy as jnp
-    from stlib.config import ModelParams
-    from stlib.models.registry import create_model
     model = create_model(ModelParams(backbone=arch, head="classification", backbone_bn_epsilon=bn_epsilon),
                          num_classes)
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False))
@@ -381,7 +382,6 @@ def import_weights(arch: str, source, out_dir, *, fmt: str | None = None, input_
 
     Returns the metadata written beside the checkpoint.
     """
-    from stlib.models.registry import BACKBONES
     source = Path(source).expanduser()
     if arch not in BACKBONES:
         raise WeightImportError(f"unknown backbone {arch!r} (known: {', '.join(BACKBONES)})")
@@ -453,8 +453,6 @@ def load_classifier(folder) -> tuple:
     """(model, variables): the classifier an `stlib import-weights` folder holds, built with its
     source's conventions (`init_conventions`), so `model.apply(variables, x, train=False)` gives
     the source's logits for stlib's input (RGB normalized with the ImageNet mean/std)."""
-    from stlib.config import ModelParams
-    from stlib.models.registry import create_model
     path = Path(folder).expanduser()
     if not (path / META_FILE).is_file():
         raise WeightImportError(f"{path}: not an `stlib import-weights` folder (no {META_FILE})")

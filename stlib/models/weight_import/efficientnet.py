@@ -137,12 +137,15 @@ def _convert(src: _Source, variant: str, with_predictions: bool, read) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
+def _read_bn(e: _Entry, src: _Source, *names: str) -> tuple:
+    """A BatchNorm's (scale, bias, mean, var), each checked against the entry's channel shape."""
+    return tuple(src.check(k, v, e.shape) for k, v in (src.get(name) for name in names))
+
+
 def _read_keras(e: _Entry, src: _Source):
     n = e.keras
     if e.kind == "bn":
-        c = e.shape
-        return tuple(src.check(k, v, c) for k, v in (src.get(f"{n}/gamma"), src.get(f"{n}/beta"),
-                                                     src.get(f"{n}/moving_mean"), src.get(f"{n}/moving_variance")))
+        return _read_bn(e, src, f"{n}/gamma", f"{n}/beta", f"{n}/moving_mean", f"{n}/moving_variance")
     if e.kind == "dwconv":
         # Keras 3 names the depthwise weight "kernel", Keras 2 / h5 files "depthwise_kernel"; [kh,kw,C,1].
         k, v = src.get(f"{n}/kernel", f"{n}/depthwise_kernel")
@@ -160,9 +163,7 @@ def _read_keras(e: _Entry, src: _Source):
 def _read_timm(e: _Entry, src: _Source):
     n = e.timm
     if e.kind == "bn":
-        c = e.shape
-        return tuple(src.check(k, v, c) for k, v in (src.get(f"{n}.weight"), src.get(f"{n}.bias"),
-                                                     src.get(f"{n}.running_mean"), src.get(f"{n}.running_var")))
+        return _read_bn(e, src, f"{n}.weight", f"{n}.bias", f"{n}.running_mean", f"{n}.running_var")
     k, w = src.get(f"{n}.weight")
     if e.kind == "dense":  # Linear [O, I] -> [I, O]
         kernel = src.check(k, np.ascontiguousarray(w.T), e.shape)

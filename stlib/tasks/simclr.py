@@ -2,20 +2,20 @@
 
 The backbone learns without labels from the world's object images (the classification
 set's training images with their labels dropped, plus the unlabeled object pool): two
-SimCLR views of each image (`stlib.augment.simclr`), backbone + projection head, NT-Xent at
-`pretrain.temperature`, LARS when `train.optimizer: lars` (`stlib.train.simclr`).
+SimCLR views of each image (`stlib.augment.simclr`), backbone + projection head
+(`stlib.models.simclr`), NT-Xent at `pretrain.temperature` (`stlib.losses.nt_xent_loss`),
+LARS when `train.optimizer: lars` (`stlib.train.optimizers`).
 
-Its validation metric is the linear probe (SimCLR Sec. 4 / App. B.8): every evaluation
-freezes the backbone, takes pooled features of the labeled training images and of the
-held-out split (no augmentation) and fits a multinomial logistic regression; `linear_top1`
-(held-out) picks the best checkpoint. The checkpoint holds {"backbone", "projection"}, so a
-detector loads its backbone with `model.init: simclr` like any other init.
+Its validation metric is the linear probe (SimCLR Sec. 4 / App. B.8, `stlib.eval.linear_probe`):
+every evaluation freezes the backbone, takes pooled features of the labeled training images
+and of the held-out split (no augmentation) and fits a multinomial logistic regression;
+`linear_top1` (held-out) picks the best checkpoint. The checkpoint holds {"backbone",
+"projection"}, so a detector loads its backbone with `model.init: simclr` like any other init.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -25,32 +25,36 @@ import optax
 from stlib import config as cfg
 from stlib.augment.classification import prepare_classification_eval
 from stlib.augment.simclr import simclr_views
-from stlib.data.classification import ClassificationData, ClassificationSource, UNLABELED
+from stlib.data.classification import ClassificationData, unlabeled_union
+from stlib.eval.linear_probe import linear_probe
+from stlib.losses import nt_xent_loss
 from stlib.models.registry import create_backbone
+from stlib.models.simclr import ProjectionHead, SimCLRModel
+from stlib.tasks.base import PRETRAIN_METHODS, TaskInputs, resolve_inputs
+from stlib.tasks.pretrain import world_sources
 from stlib.train import sharding
-from stlib.train.pretrain import world_setup
-from stlib.train.simclr import ProjectionHead, SimCLRModel, linear_probe, nt_xent_loss
-from stlib.train.state import create_optimizer, create_train_state
+from stlib.train.optimizers import create_optimizer
+from stlib.train.state import create_train_state
+from stlib.train.step import apply_gradients, jit_eval_step, jit_train_step, step_rng
 
 
-def unlabeled_union(name: str, *sources: ClassificationSource) -> ClassificationSource:
-    """The images of several sources as one unlabeled source (labels -1; corrupt counted afresh)."""
-    out = copy.copy(sources[0])
-    out._lock = threading.Lock()
-    out.name = name
-    out.categories = []
-    out.files = [f for s in sources for f in s.files]
-    out.labels = np.full(len(out.files), UNLABELED, np.int32)
-    out.stats = {"images_corrupt": 0, "files_ignored": sum(s.stats.get("files_ignored", 0) for s in sources)}
-    return out
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the SimCLR step reads: the views' crop scale and colour strength, the temperature."""
+    crop_scale: tuple
+    color_strength: float
+    temperature: float
+
+    @classmethod
+    def from_params(cls, p: cfg.Params) -> "StepConfig":
+        return cls(tuple(p.pretrain.crop_scale), p.pretrain.color_strength, p.pretrain.temperature)
 
 
-def simclr_train_step(state, batch, *, model, tx, params):
+def simclr_train_step(state, batch, *, model, tx, config: StepConfig):
     """One SimCLR step: two views of every image through one forward (BN over all 2N views, as
     SimCLR's global BN), NT-Xent over the global batch. Returns (new_state, metrics)."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    pp = params.pretrain
-    v1, v2 = simclr_views(rng, batch["image"], crop_scale=tuple(pp.crop_scale), color_strength=pp.color_strength)
+    rng = step_rng(state)
+    v1, v2 = simclr_views(rng, batch["image"], crop_scale=config.crop_scale, color_strength=config.color_strength)
     n = v1.shape[0]
     weight = batch["example_valid"].astype(jnp.float32)
 
@@ -58,25 +62,27 @@ def simclr_train_step(state, batch, *, model, tx, params):
         (_, z), new_vars = model.apply({"params": p, "batch_stats": state.batch_stats}, jnp.concatenate([v1, v2]),
                                        train=True, mutable=["batch_stats"],
                                        rngs={"dropout": jax.random.fold_in(rng, 1)})
-        loss, m = nt_xent_loss(z[:n], z[n:], pp.temperature, weight)
+        loss, m = nt_xent_loss(z[:n], z[n:], config.temperature, weight)
         return loss, (m, new_vars["batch_stats"])
 
     (loss, (m, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    new_state = apply_gradients(state, grads, batch_stats, tx)
     return new_state, {"loss": loss, **m, "grad_norm": optax.tree.norm(grads)}
 
 
-class SimCLRExperiment:
+@PRETRAIN_METHODS.register("simclr")
+class SimCLRTask:
     """A SimCLR pre-training run, in the shape `stlib.train.loop.train_and_evaluate` drives."""
     metric = "linear_top1"
     metric_keys = ("linear_top1", "linear_train_top1")
 
-    def __init__(self, params: cfg.Params, progress: bool = True):
+    def __init__(self, params: cfg.Params, inputs: TaskInputs | None = None, progress: bool = True):
         self.params = p = params
-        self.mesh, sources = world_setup(p, "object images (paper-scale SimCLR comes from imported checkpoints, "
-                                            "`stlib import-weights resnet50 ... --input unit`)")
+        sources = world_sources(p, "object images (paper-scale SimCLR comes from imported checkpoints, "
+                                   "`stlib import-weights resnet50 ... --input unit`)")
+        self.inputs = inputs = resolve_inputs(dataclasses.replace(p, model=dataclasses.replace(p.model, init="rand")),
+                                              inputs)
+        self.mesh = inputs.mesh
         labeled, self.val_source = sources["train"], sources["val"]
         self.categories = labeled.categories
         self.train_source = unlabeled_union("objects-unlabeled", labeled, sources["pool"])
@@ -89,15 +95,16 @@ class SimCLRExperiment:
                                        bn_momentum=mp.bn_momentum, bn_epsilon=mp.bn_epsilon)
         self.model = SimCLRModel(backbone=create_backbone(mp), projection=projection)
         self.tx = create_optimizer(p.train)
-        rep, bat = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-        self.train_step = jax.jit(functools.partial(simclr_train_step, model=self.model, tx=self.tx, params=p),
-                                  in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
-        self._features = jax.jit(
+        self.train_step = jit_train_step(
+            functools.partial(simclr_train_step, model=self.model, tx=self.tx, config=StepConfig.from_params(p)),
+            self.mesh)
+        self._features = jit_eval_step(
             lambda v, x: self.model.apply(v, prepare_classification_eval(x), train=False, method=SimCLRModel.features),
-            in_shardings=(rep, bat), out_shardings=rep)
+            self.mesh)
         self.progress = progress
 
     def init_state(self):
+        """Rand Init: SimCLR learns the backbone from scratch."""
         p = self.params
         return create_train_state(self.model, self.tx, p.pretrain.image_size, jax.random.PRNGKey(p.train.seed),
                                   sharding.replicated(self.mesh))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from stlib.losses import classification_loss
 from stlib.models.registry import classification_head, create_backbone
 
 
@@ -36,7 +37,6 @@ class JointClassifier:
         The backbone runs in training mode (batch statistics), but its running averages are
         kept from the detection pass: evaluation and pseudo labelling run on detection images.
         """
-        from stlib.train.pretrain import classification_loss
         feats, _ = self.backbone.apply({"params": params["backbone"], "batch_stats": batch_stats["backbone"]},
                                        images.astype(self.dtype), train=True, mutable=["batch_stats"],
                                        rngs={"dropout": rng})
