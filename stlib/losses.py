@@ -15,13 +15,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from stlib.config import LossParams
 from stlib.models.segmentation import resize_labels_to
+
+_LOSS = LossParams()   # the defaults below: written once, in stlib.config (REFERENCE §4.4)
 
 # google-research/simclr objective.py LARGE_NUM: logits of excluded pairs (self, padding) are pushed this far down.
 LARGE_NUM = 1e9
 
 
-def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
+def focal_loss(logits, targets, alpha: float = _LOSS.focal_alpha, gamma: float = _LOSS.focal_gamma):
     """Elementwise sigmoid focal loss (Lin et al. 2017).
 
     Args:
@@ -37,7 +40,7 @@ def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
     return alpha_t * (1.0 - p_t) ** gamma * ce
 
 
-def soft_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
+def soft_focal_loss(logits, targets, alpha: float = _LOSS.focal_alpha, gamma: float = _LOSS.focal_gamma):
     """Focal loss for soft targets in [0, 1] (soft pseudo labels, ``self_train.targets: soft``).
 
     ``alpha_t * |target - p|^gamma * CE(p, target)``, with alpha_t interpolated like the
@@ -51,7 +54,7 @@ def soft_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5):
     return alpha_t * jnp.abs(targets - p) ** gamma * ce
 
 
-def huber_loss(pred, target, delta: float = 0.1):
+def huber_loss(pred, target, delta: float = _LOSS.huber_delta):
     """Elementwise Huber loss: 0.5 x^2 for |x| <= delta, delta (|x| - 0.5 delta) beyond."""
     x = jnp.abs(pred - target)
     quad = jnp.minimum(x, delta)
@@ -59,8 +62,8 @@ def huber_loss(pred, target, delta: float = 0.1):
 
 
 def detection_loss(cls_logits, box_preds, cls_targets, box_targets, num_classes: int,
-                   focal_alpha=0.25, focal_gamma=1.5, huber_delta=0.1, box_loss_weight=50.0,
-                   example_weight=None):
+                   focal_alpha=_LOSS.focal_alpha, focal_gamma=_LOSS.focal_gamma, huber_delta=_LOSS.huber_delta,
+                   box_loss_weight=_LOSS.box_loss_weight, example_weight=None):
     """RetinaNet loss over a batch.
 
     Args:
@@ -87,8 +90,8 @@ def detection_loss(cls_logits, box_preds, cls_targets, box_targets, num_classes:
 
 
 def soft_detection_loss(cls_logits, box_preds, cls_targets, not_ignored, box_targets, box_weight,
-                        focal_alpha=0.25, focal_gamma=1.5, huber_delta=0.1, box_loss_weight=50.0,
-                        example_weight=None):
+                        focal_alpha=_LOSS.focal_alpha, focal_gamma=_LOSS.focal_gamma, huber_delta=_LOSS.huber_delta,
+                        box_loss_weight=_LOSS.box_loss_weight, example_weight=None):
     """:func:`detection_loss` with soft targets (`stlib.data.anchors.assign_soft_targets`).
 
     Args:
