@@ -21,7 +21,7 @@ import json
 import sys
 
 from stlib import config as cfg
-from stlib import errors, paths, registry
+from stlib import errors, paths, progress, registry
 from stlib.config import SelfTrainParams
 from stlib.data.world import ensure_world
 from stlib.eval.postprocess import NMS_METHODS
@@ -269,7 +269,9 @@ def main(argv=None) -> int:
     pb.set_defaults(fn=cmd_publish)
     args = ap.parse_args(argv)
     try:
-        return args.fn(args)
+        # runs inside nested notebooks and worker processes report their progress here (stlib.progress)
+        with progress.watch(enabled=not getattr(args, "quiet", False)):
+            return args.fn(args)
     except Exception as e:   # noqa: BLE001 - errors the project raises on purpose become one line
         line = errors.one_line(e)
         if line is None:

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "stlib"
 LAYERS = (
     ("stlib", "stlib.devices", "stlib.paths"),   # the package itself, host devices, the roots
     ("stlib.io", "stlib.config"),                # atomic files, the params schema
-    ("stlib.registry", "stlib.errors"),          # registries (raise ParamsError), one-line errors
+    ("stlib.registry", "stlib.errors", "stlib.progress"),   # registries, one-line errors, nested progress
     ("stlib.data",),
     ("stlib.augment",),
     ("stlib.models",),

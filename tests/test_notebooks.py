@@ -8,11 +8,14 @@ from tests.conftest import SMOKE, notebook_errors, notebook_images, run_python
 
 def test_train_notebook_records_the_run(tmp_path):
     code = (f"import sys; from stlib.cli import main; "
-            f"sys.exit(main(['train', {SMOKE!r}, '--quiet', '--outputs', {str(tmp_path)!r}]))")
-    proc = run_python(code)
+            f"sys.exit(main(['train', {SMOKE!r}, '--outputs', {str(tmp_path)!r}]))")
+    proc = run_python(code, {"STLIB_PROGRESS_EVERY": "0.2"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (run,) = list((tmp_path / "runs").iterdir())
     assert run.name.startswith("smoke-retinanet-")
+    # the run trained inside a nested notebook; its progress reached the command's stderr
+    progress = [l for l in proc.stderr.splitlines() if l.startswith(f"[progress] {run.name}: step ")]
+    assert progress and "step 6/6 (100%)" in progress[-1] and "val AP" in progress[-1], proc.stderr[-3000:]
     assert "COCO AP" in proc.stdout
     for f in ("params.yaml", "metrics.json", "metrics.jsonl", "train.ipynb", "curves.png", "predictions.png"):
         assert (run / f).is_file(), f

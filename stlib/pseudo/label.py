@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from stlib import config as cfg
 from stlib.data.pipeline import prefetch, resize_long_side
 from stlib.eval.postprocess import NMS_METHODS
+from stlib.progress import Reporter
 from stlib.pseudo.labels import ImageLabels, pixel_digest
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.store import PseudoLabelStore
@@ -154,6 +155,7 @@ def _label_shards(t: TeacherRun, source, store: PseudoLabelStore, shards: list, 
     per_host = bs // pcount
     written = 0
     total = sum(len(store.shard_range(k)) for k in shards)
+    reporter = Reporter(f"pseudo labels {Path(store.root).name}", total, unit="img", enabled=pidx == 0)
     bar = tqdm(total=total, desc=f"pseudo labels {Path(store.root).name}", unit="img", disable=not progress,
                mininterval=0.5 if os.isatty(2) else 30.0)
 
@@ -184,8 +186,10 @@ def _label_shards(t: TeacherRun, source, store: PseudoLabelStore, shards: list, 
                                           det["classes"][row][ok][area], det["scores"][row][ok][area],
                                           content=pixel_digest(img)))
             bar.update(len(chunk))
+            reporter.update(bar.n)
         if pidx == 0:
             store.write_shard(k, labels)
         written += 1
         _fault_point(written, Path(store.root) / "shards")
     bar.close()
+    reporter.update(bar.n, force=True)

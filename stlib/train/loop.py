@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from stlib import config as cfg
 from stlib.data.pipeline import prefetch
 from stlib.io import machine, run_lock, to_jsonable, write_json_atomic, write_text_atomic
+from stlib.progress import Reporter
 from stlib.train import sharding
 from stlib.train.checkpoints import Checkpoints
 from stlib.train.optimizers import learning_rate_schedule
@@ -162,12 +163,15 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
     # Outside a terminal (papermill, logs) redraw every 30 s so the executed notebook stays small.
     bar = tqdm(total=tp.steps, initial=start, desc=p.name, disable=not (progress and is_main), unit="step",
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    # the run's progress for the command that started it, when it runs nested (stlib.progress)
+    reporter = Reporter(run_dir.name, tp.steps, start=start, enabled=is_main)
     try:
         for batch in ([] if stopped_early else prefetch(batches())):
             state, metrics = exp.train_step(state, batch)
             step += 1
             trained += 1
             bar.update(1)
+            reporter.update(step)
             is_eval = step % tp.eval_every == 0 or step == tp.steps
             is_ckpt = step % tp.checkpoint_every == 0 or is_eval
             if step % tp.log_every == 0 or is_ckpt:
@@ -184,6 +188,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                     _write_scalars(writer, "train", step, m)
             if is_eval:
                 ev = exp.evaluate(state)
+                reporter.update(step, force=True, metric=metric, value=ev.get(metric), eval_step=step)
                 improved = _score(ev, metric) > best_score
                 if improved:
                     best_score = _score(ev, metric)
@@ -201,6 +206,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                 break
     finally:
         bar.close()
+        reporter.update(step, force=True)
         if writer is not None:
             writer.flush()
     elapsed = time.time() - t0
