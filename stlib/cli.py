@@ -9,6 +9,7 @@
   stlib world --scale mini
   stlib zoo [--json] [--size 640] [--only efficientnet-b7 ...]
   stlib import-weights efficientnet-b7 noisy_student_b7.h5 weights/effb7-ns
+  stlib show outputs/studies/mini-self-train   (headline numbers and figures of a run or study)
   stlib publish .cache/outputs/studies/mini-self-train   (a finished run or study -> outputs/, the records)
 
 Runs, studies and pseudo-label stores go to the run cache (.cache/outputs/, or $STLIB_OUTPUTS);
@@ -31,6 +32,7 @@ from stlib.experiments.inits import DESCRIPTIONS, resolve_init, world_init_dir
 from stlib.experiments.records import publish
 from stlib.experiments.runs import ensure_world_inits
 from stlib.experiments.self_training import write_self_training_report
+from stlib.experiments.show import show
 from stlib.models import weight_import as wi
 from stlib.models import zoo
 from stlib.pseudo import quality
@@ -151,6 +153,11 @@ def cmd_self_train(args) -> int:
     return _run_study_spec(args, "self_train.ipynb", {}, self_training=True)
 
 
+def cmd_show(args) -> int:
+    print(show(args.path))
+    return 0
+
+
 def cmd_publish(args) -> int:
     written = publish(args.path, replace=args.replace)
     print(f"published {len(written)} file(s) into {paths.relative(paths.records_root())}/"
@@ -267,6 +274,9 @@ def main(argv=None) -> int:
     pb.add_argument("path", help="a run folder (.cache/outputs/runs/<id>) or a study folder (.cache/outputs/studies/<name>)")
     pb.add_argument("--replace", action="store_true", help="overwrite records that exist")
     pb.set_defaults(fn=cmd_publish)
+    sh = sub.add_parser("show", help="a finished run's or study's headline numbers and where its figures are")
+    sh.add_argument("path", help="a run folder (runs/<id>) or a study folder (studies/<name>), cache or records")
+    sh.set_defaults(fn=cmd_show)
     args = ap.parse_args(argv)
     try:
         # runs inside nested notebooks and worker processes report their progress here (stlib.progress)

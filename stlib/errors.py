@@ -29,6 +29,7 @@ KINDS = {
     "NonFiniteLossError": "training stopped",
     "RecordError": "record error",
     "StoreError": "pseudo-label store error",
+    "ShowError": "not a result",
 }
 _DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
          errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
