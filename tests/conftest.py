@@ -51,6 +51,14 @@ def notebook_errors(nb) -> list:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
 
 
+def notebook_stderr(nb) -> list:
+    """The stderr lines of an executed notebook other than progress bars (warnings, logs): a
+    record keeps none that the project causes."""
+    return [line for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.output_type == "stream" and o.get("name") == "stderr"
+            for line in o.get("text", "").replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+
+
 def notebook_images(nb) -> list:
     """The PNG display outputs of an executed notebook."""
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

@@ -3,7 +3,7 @@ import json
 
 import nbformat
 
-from tests.conftest import SMOKE, notebook_errors, notebook_images, run_python
+from tests.conftest import SMOKE, notebook_errors, notebook_images, notebook_stderr, run_python
 
 
 def test_train_notebook_records_the_run(tmp_path):
@@ -31,6 +31,7 @@ def test_train_notebook_records_the_run(tmp_path):
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and str(run / "params.yaml") in injected[0].source
     assert not notebook_errors(nb)
+    assert notebook_stderr(nb) == []      # no kernel-transport, TensorFlow or tqdm warnings in a record
     images = notebook_images(nb)
     assert len(images) >= 2  # curves and predictions
 
@@ -169,6 +170,9 @@ def test_self_train_notebook_runs_teacher_pseudo_labels_student(tmp_path):
         assert (store / "explorer" / f).is_file(), f
     nb = nbformat.read(study / "self_train.ipynb", as_version=4)
     assert not notebook_errors(nb)
+    assert notebook_stderr(nb) == [], notebook_stderr(nb)[:5]      # nested kernels' warnings included
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert str(spec) in injected.source   # outside the repository: absolute; inside: repo-relative
     assert student["labels"] == "hard >= 0.01"
     # --report-only rewrites the reports from the runs there are, training nothing
     (study / "self_training.md").unlink()

@@ -59,8 +59,10 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
     """
     params = inits.resolve_init(params, outputs)   # a named init without its checkpoint fails here, before work
     run_dir = prepare_run_dir(params, outputs)
-    execute(name, run_dir / name, {"PARAMS_FILE": str(run_dir / "params.yaml"), "RUN_DIR": str(run_dir),
-                                   "PROGRESS": progress}, log_output=True)
+    # repository-relative where the run is inside the repository (notebooks run there), so an
+    # executed notebook kept as a record names no machine's folders
+    execute(name, run_dir / name, {"PARAMS_FILE": paths.relative(run_dir / "params.yaml"),
+                                   "RUN_DIR": paths.relative(run_dir), "PROGRESS": progress}, log_output=True)
     return run_dir
 
 
@@ -82,10 +84,16 @@ def execute(notebook: str, out_path, parameters: dict, log_output: bool = False)
 def _quiet_kernel_manager():
     """jupyter_client's kernel manager sends SIGINT before every shutdown request, so each normal
     papermill run logged "KeyboardInterrupt caught in kernel"; a notebook that has finished has
-    nothing to interrupt, so this one skips that interrupt (and only that one)."""
+    nothing to interrupt, so this one skips that interrupt (and only that one). It also talks to
+    the kernel over IPC sockets (files beside its connection file) instead of TCP on localhost:
+    every kernel warned "running over TCP without encryption" into the executed notebooks."""
     from jupyter_client import AsyncKernelManager
 
     class QuietShutdownKernelManager(AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(*args, **kwargs)
+
         async def _async_interrupt_kernel(self) -> None:
             if self.shutting_down:
                 return

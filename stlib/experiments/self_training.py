@@ -156,7 +156,7 @@ def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
         out = store / "explorer"
         out.mkdir(parents=True, exist_ok=True)
         runs.execute("pseudo_labels.ipynb", out / "pseudo_labels.ipynb",
-                     {"STORE_DIR": str(store), "OUT_DIR": str(out), "THRESHOLD": threshold,
+                     {"STORE_DIR": paths.relative(store), "OUT_DIR": paths.relative(out), "THRESHOLD": threshold,
                       "NUM_IMAGES": num_images, "WORLD_SCALE": scale, "WORLD_SEED": seed})
         done.append(out)
     return done

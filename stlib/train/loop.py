@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,8 @@ def early_stop_due(evals: list[dict], patience: int, metric: str = "AP") -> bool
 def _tensorboard_writer(run_dir: Path):
     """A TensorBoard writer, or None with a warning where tensorflow is not installed (an
     accelerator image without it): the metrics still go to metrics.jsonl."""
+    # TensorFlow's C++ INFO lines (CPU features, oneDNN) would land in every executed notebook
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         import tensorflow as tf  # imported lazily: only runs that write TensorBoard events pay for it
     except ImportError:

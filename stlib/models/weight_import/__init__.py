@@ -41,6 +41,7 @@ import jax
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -469,11 +470,28 @@ def _restore_tree(directory: Path) -> dict:
     import numpy as np
     import orbax.checkpoint as ocp
     ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(directory)
-    tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-    tree = getattr(tree, "tree", tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return ckptr.restore(directory, restore_args=restore_args)
+    # A run's item folder (checkpoints/best/<step>/default) has its step's _CHECKPOINT_METADATA one
+    # level up; orbax logs that it is missing on every read, into every executed notebook.
+    absl = logging.getLogger("absl")
+    quiet = _DropMessages("Metadata file does not exist")
+    absl.addFilter(quiet)
+    try:
+        meta = ckptr.metadata(directory)
+        tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+        tree = getattr(tree, "tree", tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return ckptr.restore(directory, restore_args=restore_args)
+    finally:
+        absl.removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:
