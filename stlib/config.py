@@ -382,7 +382,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | tuple = (
     params = Params()
     content: Any = None
     if path is not None:
-        path = Path(path)
+        path = paths.preset(path)   # a file, or a shipped preset by name (mini/retinanet)
         if not path.is_file():
             raise ParamsError(f"params file not found: {path}")
         try:

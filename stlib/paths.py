@@ -11,17 +11,25 @@ Two trees hold results, and they never mix:
   (`runs/`, `studies/`, `pseudo_labels/`).
 
 Paths written into params and reports are repository-relative where they can be, so a run id
-does not depend on where the repository is checked out.
+does not depend on where the repository is checked out. Installed from a wheel, the root is
+`$STLIB_HOME` or the working directory, and the presets ship with the package (`preset`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PARAMS_DIR = REPO_ROOT / "params"
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-DOCS_DIR = REPO_ROOT / "docs"
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+# Installed from the repository (a checkout, `pip install -e .`): the checkout is the root, and
+# presets, notebooks and docs are its folders. Installed from a wheel: the root is `$STLIB_HOME`
+# or the working directory (runs, caches and records go there, never into the installation),
+# and presets, notebooks and docs are the copies the wheel ships in `stlib/_data/` (setup.py).
+IN_REPOSITORY = (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "params").is_dir()
+_SHIPPED = Path(__file__).resolve().parent / "_data"
+REPO_ROOT = _SOURCE_ROOT if IN_REPOSITORY else Path(os.environ.get("STLIB_HOME") or Path.cwd()).resolve()
+PARAMS_DIR = (_SOURCE_ROOT if IN_REPOSITORY else _SHIPPED) / "params"
+NOTEBOOKS_DIR = (_SOURCE_ROOT if IN_REPOSITORY else _SHIPPED) / "notebooks"
+DOCS_DIR = (_SOURCE_ROOT if IN_REPOSITORY else _SHIPPED) / "docs"
 CACHE_DIR = REPO_ROOT / ".cache"   # ignored by git: the generated world, the run cache (defaults)
 
 
@@ -56,3 +64,18 @@ def find(path) -> Path:
         return p
     alt = REPO_ROOT / p
     return alt if alt.exists() else p
+
+
+def preset(path) -> Path:
+    """A params file or study spec: as given (or under the root), else a shipped preset, given as
+    `params/<scale>/<name>.yaml` or by name, `<scale>/<name>` (`stlib train mini/retinanet`)."""
+    p = Path(path).expanduser()
+    for cand in (p, REPO_ROOT / p):
+        if cand.is_file():
+            return cand
+    rel = p.as_posix()
+    rel = rel[len("params/"):] if rel.startswith("params/") else rel
+    for cand in (PARAMS_DIR / rel, PARAMS_DIR / f"{rel}.yaml"):
+        if cand.is_file():
+            return cand
+    return p

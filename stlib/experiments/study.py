@@ -63,7 +63,7 @@ class Study:
 def load_study(path) -> Study:
     """Reads and checks a study spec; errors name the file and the key. Every cell's params
     are loaded too, so a bad override fails here, before any run starts."""
-    path = Path(path)
+    path = paths.preset(path)   # a file, or a shipped spec by name (mini/self_train)
     if not path.is_file():
         raise cfg.ParamsError(f"study spec not found: {path}")
     try:
@@ -117,8 +117,8 @@ def load_study(path) -> Study:
 
 
 def _base_path(study: Study) -> Path:
-    p = Path(study.base)
-    return p if p.is_absolute() or p.exists() else paths.REPO_ROOT / p
+    """The base preset: a file, under the root, or shipped with the package (`paths.preset`)."""
+    return paths.preset(study.base)
 
 
 def cell_run_dir(study: Study, label: str, seed: int, outputs=None) -> Path:

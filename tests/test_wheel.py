@@ -1,0 +1,97 @@
+"""stlib as a package: the built wheel, installed into a fresh venv, runs every notebook under
+papermill from an empty directory outside the repository, finds the presets by name, and
+writes nothing into the installation.
+
+The fresh venv takes stlib only from the wheel; its dependencies come from the project's venv
+through a .pth file (they are not under test, and downloading them would cost minutes). The
+project venv's editable stlib is not on that path: .pth files are only read in site folders.
+"""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.conftest import REPO, notebook_errors, notebook_stderr
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp / "dist"), str(REPO)], capture_output=True, text=True, cwd=tmp)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp / "dist").glob("stlib-*.whl")
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                          capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "stlib-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp / "work"                     # an empty directory outside the repository
+    work.mkdir()
+    return {"bin": env_dir / "bin", "site": Path(site), "work": work}
+
+
+def _stlib(installed, *args, timeout=900):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STLIB_", "PYTHONPATH"))}
+    env["PATH"] = f"{installed['bin']}:{env['PATH']}"
+    # the repository's generated worlds, so the test does not generate them again
+    env["STLIB_CACHE"] = str(REPO / ".cache")
+    return subprocess.run([str(installed["bin"] / "stlib"), *args], cwd=installed["work"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_wheel_imports_from_the_installation_and_ships_the_presets(installed):
+    code = ("import stlib, stlib.paths as p; print(stlib.__file__); print(p.IN_REPOSITORY, p.REPO_ROOT, "
+            "p.preset('smoke/retinanet'))")
+    out = subprocess.run([str(installed["bin"] / "python"), "-c", code], cwd=installed["work"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith(str(installed["site"]))
+    assert out[1].split() == ["False", str(installed["work"].resolve()),
+                              str(installed["site"] / "stlib/_data/params/smoke/retinanet.yaml")]
+
+
+def test_every_notebook_runs_from_an_empty_directory(installed):
+    work = installed["work"]
+    spec = work / "st.yaml"
+    spec.write_text(
+        "name: wheel-st\nbase: params/smoke/retinanet.yaml\ncells:\n  Teacher: []\n"
+        "  Student: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes, self_train.score_threshold=0.01,"
+        " self_train.store_min_score=0.01, train.batch_size=8]\nseeds: [0]\ncompare: {baseline: Teacher}\n")
+    for args in (["self-train", "st.yaml", "--quiet"],            # self_train, train, pseudo_labels notebooks
+                 ["pretrain", "smoke/pretrain", "--quiet"],       # pretrain notebook, the preset by name
+                 ["study", "st.yaml", "--quiet"]):                # study notebook (its runs exist: reported)
+        proc = _stlib(installed, *args)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
+    out = work / ".cache" / "outputs"
+    notebooks = sorted(out.rglob("*.ipynb"))
+    assert {n.name for n in notebooks} >= {"self_train.ipynb", "train.ipynb", "pseudo_labels.ipynb",
+                                           "pretrain.ipynb", "study.ipynb"}
+    for n in notebooks:
+        nb = nbformat.read(n, as_version=4)
+        assert not notebook_errors(nb), n
+        assert notebook_stderr(nb) == [], (n, notebook_stderr(nb)[:3])
+    rows = json.loads((out / "studies" / "wheel-st" / "self_training.json").read_text())
+    assert {r["cell"] for r in rows} == {"Teacher", "Student"}
+    # the augmentation gallery notebook, through papermill from the installed package
+    aug = subprocess.run([str(installed["bin"] / "python"), "-c",
+                          "import papermill as pm, stlib.paths as p; pm.execute_notebook(str(p.NOTEBOOKS_DIR / "
+                          "'augmentations.ipynb'), 'aug.ipynb', parameters={'PARAMS_FILE': 'smoke/retinanet', "
+                          "'NUM_SCENES': 1, 'OPS': 'Equalize', 'SAMPLES': 1}, kernel_name='python3', "
+                          "progress_bar=False)"],
+                         cwd=work, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "STLIB_CACHE": str(REPO / ".cache")})
+    assert aug.returncode == 0, aug.stderr[-3000:]
+    # nothing was written into the installation
+    written = [p for p in (installed["site"] / "stlib").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+               and p.stat().st_mtime > (installed["site"] / "stlib" / "paths.py").stat().st_mtime + 1]
+    assert written == []
