@@ -59,3 +59,12 @@ def test_a_notebook_run_does_not_log_a_keyboard_interrupt(tmp_path, monkeypatch)
     monkeypatch.setattr(pm, "execute_notebook", lambda *a, **kw: seen.update(kw))
     runs.execute("train.ipynb", tmp_path / "c.ipynb", {})
     assert seen["kernel_manager_class"].__name__ == "QuietShutdownKernelManager"
+
+
+def test_every_cell_has_an_id_so_nbformat_does_not_warn_on_each_run():
+    import json
+    from pathlib import Path
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        raw = json.loads(path.read_text())
+        assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5), path.name
+        assert all("id" in c for c in raw["cells"]), path.name
