@@ -72,6 +72,12 @@ def show_run(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _spread_line(row: dict, value: str) -> str:
+    """A summary row of a study: cell, value, sample std, 95% CI half-width, n."""
+    return (f"    {row['cell']:<24} {_num(row.get(value))}  std {_num(row.get('std'))}  "
+            f"+-{_num(row.get('ci95'))}  n={row.get('n')}")
+
+
 def show_study(study_dir: Path) -> str:
     study_dir = Path(study_dir)
     res = json.loads((study_dir / "results.json").read_text())
@@ -81,15 +87,11 @@ def show_study(study_dir: Path) -> str:
     if spec.get("description"):
         lines.append(f"  {spec['description']}")
     lines.append(f"  {metric} per cell (mean, sample std, 95% CI half-width, n):")
-    for s in res.get("summary", []):
-        lines.append(f"    {s['cell']:<24} {_num(s.get('mean'))}  std {_num(s.get('std'))}  "
-                     f"+-{_num(s.get('ci95'))}  n={s.get('n')}")
+    lines += [_spread_line(s, "mean") for s in res.get("summary", [])]
     paired = res.get("paired") or []
     if paired:
         lines.append(f"  paired differences against {paired[0].get('baseline')} (same seed):")
-        for d in paired:
-            lines.append(f"    {d['cell']:<24} {_num(d.get('mean_diff'))}  std {_num(d.get('std'))}  "
-                         f"+-{_num(d.get('ci95'))}  n={d.get('n')}")
+        lines += [_spread_line(d, "mean_diff") for d in paired]
     runs = res.get("runs") or []
     if runs:
         lines.append(f"  runs ({len(runs)}):")
