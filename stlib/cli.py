@@ -288,6 +288,8 @@ def main(argv=None) -> int:
             raise
         log = errors.write_log(e, paths.cache_root() / "logs")
         print(f"stlib {args.cmd}: {line}" + (f" [traceback: {log}]" if log else ""), file=sys.stderr)
+        for detail in errors.details(e):   # a bug inside a notebook: where it happened
+            print(f"  {detail}", file=sys.stderr)
         return 2
 
 

@@ -35,7 +35,8 @@ _DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exce
          errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}
 
 
-def _chain(exc: BaseException):
+def chain(exc: BaseException):
+    """`exc`, then its causes and contexts."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -49,7 +50,7 @@ def _flat(text: str) -> str:
 
 def disk_error(exc: BaseException) -> OSError | None:
     """The OSError of a full, read-only or forbidden disk anywhere in `exc`'s chain, else None."""
-    for e in _chain(exc):
+    for e in chain(exc):
         if isinstance(e, OSError) and e.errno in _DISK:
             return e
         # some libraries re-raise with the errno only in the text
@@ -69,16 +70,22 @@ def one_line(exc: BaseException) -> str | None:
             errno.ENOSPC, errno.EDQUOT) else ("make the folder writable or point STLIB_OUTPUTS / --outputs at "
                                               "a writable one")
         return f"disk error: {what}{where}; {hint}"
-    for e in _chain(exc):
+    for e in chain(exc):
         for cls in type(e).__mro__:
-            if cls.__name__ == "NotebookError":
-                ename, evalue = getattr(e, "ename", ""), getattr(e, "evalue", "")
-                kind = KINDS.get(ename, ename)
-                nb = getattr(e, "notebook", "")
-                return f"{kind}: {_flat(evalue)} (in the notebook {nb}; its cells hold the traceback)"
+            if cls.__name__ == "NotebookError":   # says its kind, run, notebook and log itself
+                return _flat(getattr(e, "headline", "") or str(e).split("\n")[0])
             if cls.__name__ in KINDS:
                 return f"{KINDS[cls.__name__]}: {_flat(e)}"
     return None
+
+
+def details(exc: BaseException) -> list:
+    """The lines to show under the one line: a failed notebook's traceback tail for an error that is
+    not one of stlib's own (empty otherwise)."""
+    for e in chain(exc):
+        if any(cls.__name__ == "NotebookError" for cls in type(e).__mro__):
+            return list(getattr(e, "tail", []))
+    return []
 
 
 def write_log(exc: BaseException, log_dir) -> Path | None:
@@ -111,7 +118,8 @@ def short_tracebacks(log_dir=None) -> None:
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
             return None
         log = write_log(value, log_dir or Path.cwd() / ".stlib-logs")
-        text = f"stlib: {line}" + (f" (traceback: {log})" if log else "")
+        text = "\n".join([f"stlib: {line}" + (f" (traceback: {log})" if log else ""),
+                          *("  " + d for d in details(value))])
         shell._showtraceback(etype, value, [text])   # the cell's error output: its name, message and this line
         return [text]
 

@@ -3,6 +3,7 @@ file, field or value, from the CLI (directly and through the notebooks), with th
 and the failed run folder marked (issue 14's probes)."""
 import errno
 import json
+import os
 import socket
 
 import pytest
@@ -158,3 +159,68 @@ def test_one_line_finds_disk_errors_and_known_errors_in_the_chain():
         assert errors.one_line(e).startswith("disk error: read-only file system writing /x/y")
     assert errors.one_line(ParamsError("a\nb")) == "params error: a b"
     assert errors.one_line(KeyError("a bug")) is None     # a bug keeps its traceback
+
+
+_INJECT = '''
+import os
+if os.environ.get("STLIB_TEST_INJECT_BUG"):
+    import stlib.tasks.detection as detection
+
+    def evaluate(self, state):
+        raise ZeroDivisionError("injected into evaluate")
+    detection.DetectionTask.evaluate = evaluate
+'''
+
+
+def _bug_in_kernels(tmp_path, monkeypatch):
+    """Every notebook kernel started from now on gets a bug in DetectionTask.evaluate (a
+    sitecustomize on PYTHONPATH, read at interpreter start): an error that is not stlib's own."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_INJECT)
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("STLIB_TEST_INJECT_BUG", "1")
+
+
+def _failure_report(capsys, argv) -> tuple[str, list]:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    (i,) = [k for k, line in enumerate(lines) if line.startswith("stlib ")]
+    assert "Papermill" not in err and "NotebookError" not in err and "Traceback" not in err, err
+    return lines[i], lines[i + 1:]
+
+
+def test_a_bug_inside_the_notebook_names_the_run_its_log_and_the_last_lines(tmp_path, capsys, monkeypatch):
+    _bug_in_kernels(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    line, tail = _failure_report(capsys, ["train", SMOKE, "--quiet", "--outputs", str(out)])
+    (run_dir,) = (out / "runs").iterdir()
+    assert line.startswith("stlib train: ZeroDivisionError: injected into evaluate (run smoke-retinanet-"), line
+    assert f"run {run_dir.name};" in line and f"log {run_dir / 'run.log'}" in line, line
+    assert tail[-1].strip() == "ZeroDivisionError: injected into evaluate", tail
+    assert any("sitecustomize.py" in t and "evaluate" in t for t in tail), tail   # the frame that raised
+    assert all("\x1b[" not in t for t in tail)
+    log = (run_dir / "run.log").read_text()
+    assert "injected into evaluate" in log and "\x1b[" not in log and "loop.py" in log   # the kernel's traceback
+    (mark,) = _failed(out)
+    assert mark["error"].startswith("ZeroDivisionError: injected") and mark["last_lines"] == [t[2:] for t in tail]
+
+
+def test_a_bug_in_a_nested_notebook_reaches_the_command_in_its_own_words(tmp_path, capsys, monkeypatch):
+    """`stlib self-train` runs self_train.ipynb, which runs the teacher's train.ipynb: the teacher's
+    failure is reported with the teacher's run and log, not as the outer notebook's wrapper."""
+    _bug_in_kernels(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: smoke-st-bug\nbase: params/smoke/retinanet.yaml\ncells:\n  Teacher: []\n"
+                    "  Student: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes]\n"
+                    "seeds: [0]\ncompare: {baseline: Teacher}\n")
+    line, tail = _failure_report(capsys, ["self-train", str(spec), "--quiet", "--outputs", str(out)])
+    (teacher,) = (out / "runs").iterdir()
+    assert line.startswith("stlib self-train: ZeroDivisionError: injected into evaluate (run smoke-retinanet-"), line
+    assert f"run {teacher.name};" in line and f"log {teacher / 'run.log'}" in line, line
+    assert "self_train.ipynb" not in line
+    assert tail[-1].strip() == "ZeroDivisionError: injected into evaluate", tail
+    assert "injected into evaluate" in (teacher / "run.log").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
 from pathlib import Path
 
@@ -62,14 +63,16 @@ def execute_notebook(name: str, params: cfg.Params, overrides=(), params_file=No
     # repository-relative where the run is inside the repository (notebooks run there), so an
     # executed notebook kept as a record names no machine's folders
     execute(name, run_dir / name, {"PARAMS_FILE": paths.relative(run_dir / "params.yaml"),
-                                   "RUN_DIR": paths.relative(run_dir), "PROGRESS": progress}, log_output=True)
+                                   "RUN_DIR": paths.relative(run_dir), "PROGRESS": progress}, log_output=True,
+            run_dir=run_dir)
     return run_dir
 
 
-def execute(notebook: str, out_path, parameters: dict, log_output: bool = False) -> Path:
+def execute(notebook: str, out_path, parameters: dict, log_output: bool = False, run_dir=None) -> Path:
     """Runs `notebooks/<notebook>` with papermill into `out_path`. A failure inside is raised as
-    `NotebookError`, one line with the error's type and message and the executed notebook's path
-    (its cell holds the full traceback)."""
+    `NotebookError` in the words of the error itself, not papermill's: which run (`run_dir`), where
+    its log is, the error's line and, for an error that is not one of stlib's own, its traceback's
+    last lines. A failure in a notebook nested inside this one passes through unchanged."""
     import papermill as pm
     out_path = Path(out_path)
     try:
@@ -77,7 +80,7 @@ def execute(notebook: str, out_path, parameters: dict, log_output: bool = False)
                             cwd=str(paths.REPO_ROOT), progress_bar=False, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_quiet_kernel_manager())
     except pm.PapermillExecutionError as e:
-        raise NotebookError(e.ename, e.evalue, out_path) from None
+        raise NotebookError.from_papermill(e, out_path, run_dir) from None
     return out_path
 
 
@@ -102,11 +105,48 @@ def _quiet_kernel_manager():
 
 
 class NotebookError(RuntimeError):
-    """An error inside an executed notebook, re-raised as the notebook's own one-line error."""
+    """An error inside an executed notebook, re-raised in the error's own words.
 
-    def __init__(self, ename: str, evalue: str, notebook):
-        self.ename, self.evalue, self.notebook = ename, evalue, Path(notebook)
-        super().__init__(f"{ename}: {evalue} (in {paths.relative(notebook)}; its cells hold the traceback)")
+    `headline` is one line: the error's kind and message, which run failed, the executed notebook
+    and the log holding the whole traceback (the run's `run.log`, or the notebook's cells); `tail`
+    holds the traceback's last lines for an error that is not one of stlib's own (a bug), and
+    `traceback` the whole of it, without terminal colours. str() is the headline and the tail, so a
+    notebook that runs this one (self_train.ipynb running the teacher's train.ipynb) hands the
+    innermost failure on as it is."""
+
+    TAIL_LINES = 8
+
+    def __init__(self, headline: str, notebook, tail=(), traceback_text: str = "", run: str = "", log=None):
+        self.headline, self.notebook, self.tail = headline, Path(notebook), list(tail)
+        self.traceback, self.run, self.log = traceback_text, run, log
+        super().__init__("\n".join([headline, *("  " + line for line in self.tail)]))
+
+    @classmethod
+    def from_papermill(cls, e, notebook, run_dir=None) -> "NotebookError":
+        if e.ename == "NotebookError":   # a nested notebook's failure: its words, not this wrapper's
+            head, *tail = str(e.evalue).splitlines() or [""]
+            return cls(head, notebook, [line[2:] if line.startswith("  ") else line for line in tail])
+        text = _plain("\n".join(getattr(e, "traceback", None) or []))
+        run = Path(run_dir).name if run_dir else ""
+        log = Path(run_dir) / "run.log" if run_dir else None
+        where = (f"run {run}; " if run else "") + f"in {paths.relative(notebook)}; " + (
+            f"log {paths.relative(log)}" if log else "its cells hold the traceback")
+        headline = f"{errors.KINDS.get(e.ename, e.ename)}: {' '.join(str(e.evalue).split())} ({where})"
+        tail = [] if e.ename in errors.KINDS else _last_lines(text, cls.TAIL_LINES)
+        return cls(headline, notebook, tail, text, run, log)
+
+
+def _plain(text: str) -> str:
+    """`text` without terminal colour codes (IPython colours its tracebacks)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def _last_lines(traceback_text: str, n: int) -> list:
+    """The last `n` non-blank lines of a traceback, from its last frame on where that fits."""
+    lines = [line.rstrip() for line in traceback_text.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith(("File ", "Cell In"))]
+    start = frames[-1] if frames and len(lines) - frames[-1] <= n else len(lines) - n
+    return lines[max(0, start):]
 
 
 def run(params: cfg.Params, notebook: str = "train.ipynb", outputs=None, progress: bool = True,
@@ -142,9 +182,12 @@ def mark_failed(run_dir, exc: BaseException) -> None:
     resumes once the cause is fixed; a finished run removes the mark."""
     run_dir = Path(run_dir)
     try:
-        with open(run_dir / "run.log", "a") as f:
-            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        inner = next((e for e in errors.chain(exc) if isinstance(e, NotebookError) and e.traceback), None)
+        with open(run_dir / "run.log", "a") as f:   # the notebook's own traceback, not papermill's
+            f.write(inner.traceback + "\n" if inner is not None else
+                    "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         write_json_atomic(run_dir / FAILED_FILE, {"error": errors.one_line(exc) or f"{type(exc).__name__}: {exc}",
+                                                 "last_lines": errors.details(exc),
                                                  "log": "run.log", "machine": machine()})
     except OSError:   # the disk that failed the run may refuse these too
         pass
