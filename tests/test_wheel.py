@@ -38,7 +38,7 @@ def installed(tmp_path_factory):
     Path(site, "stlib-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     work = tmp / "work"                     # an empty directory outside the repository
     work.mkdir()
-    return {"bin": env_dir / "bin", "site": Path(site), "work": work}
+    return {"bin": env_dir / "bin", "site": Path(site), "work": work, "wheel": wheel}
 
 
 def _stlib(installed, *args, timeout=900):
@@ -95,3 +95,31 @@ def test_every_notebook_runs_from_an_empty_directory(installed):
     written = [p for p in (installed["site"] / "stlib").rglob("*") if p.is_file() and "__pycache__" not in p.parts
                and p.stat().st_mtime > (installed["site"] / "stlib" / "paths.py").stat().st_mtime + 1]
     assert written == []
+
+
+def test_the_notebooks_setup_cell_installs_the_wheel_where_stlib_is_missing(installed, tmp_path):
+    """The first cell of every notebook, run for real in a fresh venv that has stlib's dependencies
+    but not stlib (as on Colab or Kaggle), with STLIB_SOURCE naming the built wheel: it installs the
+    wheel with pip, and the same process then imports stlib and finds the presets."""
+    from stlib import notebook_setup
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    deps = tmp_path / "deps"            # the project venv's packages, less stlib itself
+    deps.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith(("stlib", "__editable__", "_distutils_hack", "pip", "setuptools")):
+            (deps / entry.name).symlink_to(entry)
+    (site / "stlib-test-deps.pth").write_text(f"{deps}\n")
+    code = notebook_setup.cell_source() + (
+        "\nimport stlib, stlib.paths as p\nprint(stlib.__file__)\nprint(p.preset('smoke/retinanet'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STLIB_", "PYTHONPATH", "PIP_"))}
+    env.update(STLIB_SOURCE=str(installed["wheel"]), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    proc = subprocess.run([str(py), "-c", code], cwd=installed["work"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    where, preset = proc.stdout.strip().splitlines()[-2:]
+    assert where.startswith(str(site / "stlib")) and preset == str(site / "stlib/_data/params/smoke/retinanet.yaml")
