@@ -112,3 +112,21 @@ def test_augment_benchmark_tiny_run_prints_every_field_and_writes_a_section(tmp_
     assert text.startswith("# Train-step benchmark results\n\n| date | x |")  # the train-step table is kept
     assert text.count("## Augmentation benchmark") == 1 and text.count("\n### ") == 1
     assert "`python benchmarks/augment.py --sizes 64 --batch 2 --policies s1" in text and "| s1 | vmap* | 64 |" in text
+
+
+def test_conv_grad_matmul_weight_gradient_matches_xla_and_writes_a_section(tmp_path):
+    """benchmarks/conv_grad.py at tiny sizes: the matmul weight gradient agrees with XLA's (3x3,
+    strided and 1x1), the model-wide switch trains, and --write makes one section (rerun: replaced)."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n\n## Another benchmark\n\ntext\n")
+    args = [str(REPO / "benchmarks/conv_grad.py"), "--shapes", "2,16,8,8,3,1;2,16,8,8,3,2;2,8,8,16,1,1", "--reps", "1",
+            "--step-modes", "xla,matmul", "--step-args", " ".join(TINY), "--write", "--results", str(results)]
+    for extra in ([], ["--step-modes", ""]):   # the rerun (no step) replaces the section
+        proc = subprocess.run([sys.executable, *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if extra == []:
+            assert re.search(r"^\| matmul \| [0-9.]+ \|", proc.stdout, re.M), proc.stdout
+    rows = [line.split("|") for line in proc.stdout.splitlines() if re.match(r"\| \d+, \d+", line)]
+    assert len(rows) == 3 and all(float(r[-2]) < 1e-5 for r in rows), proc.stdout
+    text = results.read_text()
+    assert text.count("## Convolution weight gradient") == 1 and text.count("### ") == 1 and "## Another" in text
