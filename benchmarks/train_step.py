@@ -242,7 +242,7 @@ def run_benchmark(args) -> dict:
 
     dev = jax.devices()[0]
     return {
-        "model": args.model, "params_file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+        "model": args.model, "overrides": list(args.overrides), "params_file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
         "backbone": mp.backbone, "fpn_channels": mp.fpn_channels, "head_convs": mp.head_convs,
         "head_channels": mp.head_channels, "num_classes": num_classes, "size": size, "batch": bs,
         "max_boxes": p.data.max_boxes, "dtype": mp.dtype, "devices": ndev, "device_kind": dev.device_kind,
@@ -329,7 +329,7 @@ machines or later code: to know today's numbers, rerun the command. A rerun with
 machine, devices, model, size, batch, dtype and jax replaces that row.
 
 Columns: **machine** CPU model (from /proc/cpuinfo) and cores; **devices** XLA device count x kind
-(on CPU, forced host devices sharing those cores); **model** preset and backbone; **size** image
+(on CPU, forced host devices sharing those cores); **model** preset and backbone (and any `--set` overrides); **size** image
 side S; **batch** global batch; **dtype** model compute dtype; **compile s** trace + lower + XLA
 compile of the train step; **ms/step** mean over the timed steps; **images/s** batch / mean step
 time; **GFLOP/step** XLA cost analysis of the compiled step summed over devices (a multiply-add
@@ -346,7 +346,8 @@ def _cells(line: str) -> list[str]:
 def results_row(r: dict) -> list[str]:
     clean = lambda s: str(s).replace("|", "/")
     return [datetime.date.today().isoformat(), clean(f"{r['cpu']} ({r['cores']} cores)"),
-            clean(f"{r['devices']}x {r['device_kind']}"), clean(f"{r['model']} ({r['backbone']})"),
+            clean(f"{r['devices']}x {r['device_kind']}"), clean(f"{r['model']} ({r['backbone']}"
+                                                           + "".join(f"; {o}" for o in r.get("overrides", [])) + ")"),
             str(r["size"]), str(r["batch"]), r["dtype"], r["jax"], f"{r['compile_s']:.1f}", f"{r['ms_mean']:.1f}",
             f"{r['images_per_s']:.2f}", _g(r["flops"]), _g(r["achieved_flops_per_s"], fmt="{:.1f}"),
             _g(r["matmul_flops_per_s"], fmt="{:.1f}")

@@ -92,6 +92,11 @@ def show_study(study_dir: Path) -> str:
     if paired:
         lines.append(f"  paired differences against {paired[0].get('baseline')} (same seed):")
         lines += [_spread_line(d, "mean_diff") for d in paired]
+    doubling = res.get("doubling") or []
+    if doubling:
+        lines.append(f"  doubling check (converged: twice the steps gain < {_num(doubling[0].get('threshold'))}):")
+        lines += [f"    {d['short']:<24} {d['steps']} -> {d['long_steps']} steps: gain {d['mean_gain']:+.4f}  "
+                  f"{'converged' if d['converged'] else 'NOT converged'}  seeds {d['seeds']}" for d in doubling]
     runs = res.get("runs") or []
     if runs:
         lines.append(f"  runs ({len(runs)}):")

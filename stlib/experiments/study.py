@@ -14,6 +14,7 @@ of its runs, cells (a label and that cell's overrides) and seeds:
     seed_key: train.seed
     metric: AP
     convergence: {baseline: Rand Init, fraction: 0.9}   # optional
+    doubling: {threshold: 0.005}   # optional: the doubling check, see below
 
 Each (cell, seed) is an ordinary run addressed by its resolved params, so a run another
 study (or a person) already made is found in `outputs/runs/` and not made again, and an
@@ -22,6 +23,12 @@ folder of cell `Other` with the same seed (a self-training student names its tea
 `compare: {baseline: Other}` reports every cell minus that cell, seed by seed. `summarize` gives each cell's mean, spread
 and a 95% t confidence interval over seeds; `convergence_summary` the steps to a fraction
 of the final metric and the speed-up over the baseline cell, seed by seed.
+
+`doubling: {threshold: t}` is the convergence check of a schedule: every pair of cells whose
+params are the same but for `train.steps`, one twice the other, is reported as "converged" when
+doubling the steps gains less than `t` in the metric (mean over the seeds both have); the
+0.005 AP (0.5 points) of issue 17 is our choice, the paper says only "until converged".
+`doubling_summary` gives the pairs, their gains and the verdicts.
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ class Study:
     metric: str = "AP"
     convergence: dict | None = None
     compare: dict | None = None
+    doubling: dict | None = None
     path: str = ""
 
 
@@ -110,10 +118,29 @@ def load_study(path) -> Study:
                   seeds=tuple(seeds), notebook=raw.get("notebook", "train.ipynb"),
                   description=raw.get("description", ""), overrides=tuple(raw.get("overrides", [])),
                   seed_key=raw.get("seed_key", "train.seed"), metric=raw.get("metric", "AP"),
-                  convergence=conv_spec, compare=cmp_spec, path=str(path))
+                  convergence=conv_spec, compare=cmp_spec, doubling=raw.get("doubling"), path=str(path))
     for label in study.cells:          # strict params of every cell, before any work
         cell_params(study, label, study.seeds[0], resolve=False)
+    if study.doubling is not None:
+        threshold = study.doubling.get("threshold") if isinstance(study.doubling, dict) else None
+        if set(study.doubling or {}) - {"threshold"} or not isinstance(threshold, (int, float)) or threshold <= 0:
+            raise cfg.ParamsError(f"{path}: doubling must be {{threshold: <a positive {study.metric} gain>}}, "
+                                  f"got {study.doubling!r}")
+        if not doubling_pairs(study):
+            raise cfg.ParamsError(f"{path}: doubling: no two cells differ only in train.steps, one twice the other")
     return study
+
+
+def doubling_pairs(study: Study) -> list[tuple[str, str]]:
+    """(short cell, long cell) for every two cells whose params (seed 0's, teachers unresolved)
+    are the same but for `train.steps`, the long one's twice the short one's."""
+    plain = {}
+    for label in study.cells:
+        d = cfg.to_dict(cell_params(study, label, study.seeds[0], resolve=False))
+        steps = d["train"].pop("steps")
+        plain[label] = (steps, d)
+    return [(a, b) for a in study.cells for b in study.cells
+            if plain[b][0] == 2 * plain[a][0] and plain[a][1] == plain[b][1]]
 
 
 def _base_path(study: Study) -> Path:
@@ -369,6 +396,26 @@ def convergence_summary(study: Study, rows: list[dict]) -> dict:
     return {"fraction": frac, "baseline": base, "runs": per_run, "cells": cells}
 
 
+def doubling_summary(study: Study, rows: list[dict]) -> list[dict]:
+    """Per doubling pair: both cells' steps, the metric of each over the seeds both have, the gain
+    (long - short) seed by seed and its mean, and `converged` = mean gain < the threshold."""
+    threshold = float((study.doubling or {}).get("threshold", 0.0))
+    value = {(r["cell"], r["seed"]): r[study.metric] for r in rows if r.get(study.metric) is not None}
+    out = []
+    for short, long in doubling_pairs(study):
+        seeds = sorted(s for s in study.seeds if (short, s) in value and (long, s) in value)
+        if not seeds:
+            continue
+        gains = [value[(long, s)] - value[(short, s)] for s in seeds]
+        steps = [cell_params(study, c, seeds[0], resolve=False).train.steps for c in (short, long)]
+        mean_gain = sum(gains) / len(gains)
+        out.append({"short": short, "long": long, "steps": steps[0], "long_steps": steps[1], "seeds": seeds,
+                    "short_values": [value[(short, s)] for s in seeds], "long_values": [value[(long, s)] for s in seeds],
+                    "gains": gains, "mean_gain": mean_gain, "threshold": threshold,
+                    "converged": mean_gain < threshold})
+    return out
+
+
 def plot_convergence(study: Study, rows: list[dict], path=None, ax=None):
     """Validation metric over steps, one colour per cell (a line per seed, the mean bold);
     with a baseline: its `fraction`-of-final level dashed and each cell's mean speed-up in the legend."""
@@ -450,6 +497,17 @@ def report_markdown(study: Study, rows: list[dict]) -> str:
             lines.append(f"| {r['cell']} | {r['seed']} | {r['final']:.4f} | {r['steps_to_fraction']:.0f} | "
                          f"{r.get('steps_to_level', float('nan')):.0f} | "
                          f"{'' if sp is None else f'{sp:.2f}x'} |")
+    if study.doubling:
+        d = doubling_summary(study, rows)
+        lines += ["", f"Doubling check: a schedule is converged when twice its steps gain less than "
+                  f"{study.doubling['threshold']:.4f} {study.metric} (mean over seeds):", "",
+                  f"| cell | steps | {study.metric} | 2x cell | 2x steps | 2x {study.metric} | gain | seeds | converged |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for x in d:
+            mean = lambda v: sum(v) / len(v)
+            lines.append(f"| {x['short']} | {x['steps']} | {mean(x['short_values']):.4f} | {x['long']} | "
+                         f"{x['long_steps']} | {mean(x['long_values']):.4f} | {x['mean_gain']:+.4f} | "
+                         f"{', '.join(map(str, x['seeds']))} | {'yes' if x['converged'] else '**no**'} |")
     lines += ["", "Runs:", ""] + [f"- {r['cell']}, seed {r['seed']}: `{r['run_id']}`" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -470,6 +528,8 @@ def write_report(study: Study, rows: list[dict], out_dir) -> Path:
     if study.convergence:
         payload["convergence"] = convergence_summary(study, rows)
         plot_convergence(study, rows, out_dir / "convergence.png")
+    if study.doubling:
+        payload["doubling"] = doubling_summary(study, rows)
     write_json_atomic(out_dir / "results.json", payload)
     comparison = None if is_record(out_dir) else comparison_markdown(study, rows)
     if comparison:

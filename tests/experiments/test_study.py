@@ -161,3 +161,60 @@ def test_a_referenced_run_without_its_checkpoint_is_made_again(tmp_path):
     assert done == {"Teacher": False, "Other": True, "Student": False}   # a clone: metrics, no checkpoint
     (st.cell_run_dir(s, "Teacher", 0, tmp_path) / "checkpoints" / "best" / "6").mkdir(parents=True)
     assert {r["cell"]: r["complete"] for r in st.plan(s, tmp_path)}["Teacher"]
+
+
+DOUBLING = """
+name: doubling-test
+base: params/smoke/retinanet.yaml
+cells:
+  S1: [train.steps=4]
+  S1 2x: [train.steps=8]
+  S4: [augment.policy=s4, train.steps=4]
+  S4 2x: [augment.policy=s4, train.steps=8]
+  S4 3x: [augment.policy=s4, train.steps=12]
+seeds: [0, 1]
+doubling: {threshold: 0.005}
+"""
+
+
+def test_the_doubling_check_pairs_cells_by_steps_and_says_converged_or_not(tmp_path):
+    spec = tmp_path / "d.yaml"
+    spec.write_text(DOUBLING)
+    study = st.load_study(spec)
+    # pairs only where everything but train.steps is equal and the steps double
+    assert st.doubling_pairs(study) == [("S1", "S1 2x"), ("S4", "S4 2x")]
+    aps = {"S1": (0.300, 0.310), "S1 2x": (0.303, 0.311),      # +0.002 mean: converged
+           "S4": (0.200, 0.220), "S4 2x": (0.260, 0.250), "S4 3x": (0.27, 0.27)}   # +0.045: not
+    for r in st.plan(study, tmp_path):
+        ap = aps[r["cell"]][r["seed"]]
+        _write_run(tmp_path / "runs" / r["run_id"], [(2, ap / 2), (4, ap)])
+    rows = st.results(study, tmp_path)
+    d = {x["short"]: x for x in st.doubling_summary(study, rows)}
+    assert d["S1"]["converged"] and d["S1"]["mean_gain"] == pytest.approx(0.002)
+    assert not d["S4"]["converged"] and d["S4"]["mean_gain"] == pytest.approx(0.045)
+    assert (d["S4"]["steps"], d["S4"]["long_steps"], d["S4"]["seeds"]) == (4, 8, [0, 1])
+    out = st.write_report(study, rows, tmp_path / "studies" / "doubling-test")
+    report = (out / "report.md").read_text()
+    assert "| S1 | 4 | 0.3050 | S1 2x | 8 | 0.3070 | +0.0020 | 0, 1 | yes |" in report
+    assert "| S4 | 4 | 0.2100 | S4 2x | 8 | 0.2550 | +0.0450 | 0, 1 | **no** |" in report
+    assert json.loads((out / "results.json").read_text())["doubling"][1]["converged"] is False
+    from stlib.experiments.show import show
+    text = show(out)
+    assert "S1                       4 -> 8 steps: gain +0.0020  converged" in text
+    assert "S4                       4 -> 8 steps: gain +0.0450  NOT converged" in text
+
+
+@pytest.mark.parametrize("change,match", [
+    ("doubling: {threshold: 0.005}", None),
+    ("doubling: {threshold: -1}", "doubling must be"),
+    ("doubling: {threshold: 0.005, pairs: x}", "doubling must be"),
+])
+def test_a_doubling_spec_is_checked_before_work(tmp_path, change, match):
+    spec = tmp_path / "d.yaml"
+    spec.write_text(DOUBLING.replace("doubling: {threshold: 0.005}", change))
+    if match is None:   # no cell pairs at all
+        spec.write_text("name: n\nbase: params/smoke/retinanet.yaml\ncells:\n  A: [train.steps=4]\n"
+                        "  B: [train.steps=6]\ndoubling: {threshold: 0.005}\n")
+        match = "no two cells differ only in train.steps"
+    with pytest.raises(cfg.ParamsError, match=match):
+        st.load_study(spec)
