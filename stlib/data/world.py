@@ -107,6 +107,16 @@ class WorldSpec:
     cls_object_size_frac: tuple[float, float] = (0.4, 0.8)
     cls_clutter_per_image: tuple[int, int] = (0, 2)
     cls_clutter_size_frac: tuple[float, float] = (0.1, 0.3)
+    # --- object-centric images, second version (issue 17; the defaults keep the first) ---
+    # "centered": one object in the middle, nothing else (v1). "scene": the scenes' look (background,
+    # clutter), one dominant object near the centre at `cls_object_size_frac`, and `cls_extra_objects`
+    # smaller ones (scene sizes) around it that may be occluded; detection-class objects are boxed in
+    # hidden/objects_boxes.json.
+    object_images: str = "centered"
+    # Texture kinds (1 stripes, 2 checker, 3 dots) that split each detection shape into fine-grained
+    # classes ("circle/stripes"...), as ImageNet's dog breeds sit under COCO's dog; () = v1 vocabulary.
+    cls_fine_textures: tuple[int, ...] = ()
+    cls_extra_objects: tuple[int, int] = (0, 0)
     # --- rendering ---
     supersample: int = 2  # anti-aliasing: supersample x supersample samples per pixel
 
@@ -116,7 +126,7 @@ class WorldSpec:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
         for name in ("objects_per_scene", "object_size_frac", "clutter_per_scene", "clutter_size_frac",
-                     "cls_object_size_frac", "cls_clutter_per_image", "cls_clutter_size_frac"):
+                     "cls_object_size_frac", "cls_clutter_per_image", "cls_clutter_size_frac", "cls_extra_objects"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"WorldSpec.{name} must be an ordered non-negative range, got {(lo, hi)}")
@@ -131,6 +141,30 @@ class WorldSpec:
             raise ValueError(f"WorldSpec.max_aspect must be >= 1, got {self.max_aspect}")
         if not 0 <= self.texture_strength <= 1:
             raise ValueError(f"WorldSpec.texture_strength must be in [0, 1], got {self.texture_strength}")
+        if self.object_images not in ("centered", "scene"):
+            raise ValueError(f"WorldSpec.object_images must be 'centered' or 'scene', got {self.object_images!r}")
+        fine = self.cls_fine_textures
+        if len(set(fine)) != len(fine) or not all(k in FINE_TEXTURES for k in fine):
+            raise ValueError(f"WorldSpec.cls_fine_textures must be distinct kinds of {sorted(FINE_TEXTURES)}, "
+                             f"got {fine}")
+        if self.cls_extra_objects != (0, 0) and self.object_images != "scene":
+            raise ValueError("WorldSpec.cls_extra_objects needs object_images='scene'")
+
+
+# texture kind -> name, for the fine-grained classes (`_texture` draws them)
+FINE_TEXTURES = {1: "stripes", 2: "checker", 3: "dots"}
+# Fields added after the first world, with the value that reproduces it: left out of the world's
+# hash and manifest while they hold it, so the first world's folder and files are unchanged.
+_V1_DEFAULTS = {"object_images": "centered", "cls_fine_textures": (), "cls_extra_objects": (0, 0)}
+
+
+def spec_dict(spec: "WorldSpec") -> dict:
+    """The spec as a dict, without added fields that hold their first-world value (`_V1_DEFAULTS`)."""
+    d = dataclasses.asdict(spec)
+    for k, v in _V1_DEFAULTS.items():
+        if tuple(d[k]) == v if isinstance(v, tuple) else d[k] == v:
+            del d[k]
+    return d
 
 
 _PRESETS: dict[str, dict] = {
@@ -175,7 +209,7 @@ def world_cache_dir() -> pathlib.Path:
 
 def world_root(spec: WorldSpec, cache_dir=None) -> pathlib.Path:
     """Directory of the world for ``spec``: ``<cache>/world/v{VERSION}-{scale}-s{seed}-{spec hash}``."""
-    blob = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    blob = json.dumps(spec_dict(spec), sort_keys=True)
     digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
     base = pathlib.Path(cache_dir) if cache_dir is not None else world_cache_dir()
     return base / "world" / f"v{WORLD_VERSION}-{spec.scale}-s{spec.seed}-{digest}"
@@ -186,9 +220,26 @@ def detection_categories() -> list[dict]:
     return [{"id": 2 * k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(DETECTION_NAMES)]
 
 
+def _vocabulary(spec: WorldSpec) -> list[tuple[str, int | None, int]]:
+    """(name, texture kind or None for any, detection index or -1) of each classification class."""
+    names = shapes.SHAPE_NAMES[: spec.num_cls_categories]
+    k = len(DETECTION_NAMES)
+    if not spec.cls_fine_textures:
+        return [(name, None, i if i < k else -1) for i, name in enumerate(names)]
+    fine = [(f"{name}/{FINE_TEXTURES[t]}", t, i) for i, name in enumerate(DETECTION_NAMES) for t in spec.cls_fine_textures]
+    return fine + [(name, None, -1) for name in names[k:]]
+
+
 def classification_categories(spec: WorldSpec) -> list[dict]:
-    """Classification category records ``{"index", "name"}``; the first ones are the detection categories."""
-    return [{"index": i, "name": name} for i, name in enumerate(shapes.SHAPE_NAMES[: spec.num_cls_categories])]
+    """Classification category records ``{"index", "name"}``. First world: the first ones are the
+    detection categories. With fine textures, each detection shape is split into one class per
+    texture (``circle/stripes``...), then the shapes no detection class has; each record also
+    names its ``detection_category`` (COCO id, or null)."""
+    vocab = _vocabulary(spec)
+    if not spec.cls_fine_textures:
+        return [{"index": i, "name": name} for i, (name, _, _) in enumerate(vocab)]
+    return [{"index": i, "name": name, "detection_category": 2 * det + 1 if det >= 0 else None}
+            for i, (name, _, det) in enumerate(vocab)]
 
 
 # ------------------------------------------------------------------ rendering
@@ -285,13 +336,14 @@ def _pick_colors(rng, spec: WorldSpec, local_bg: np.ndarray) -> np.ndarray:
 
 
 def _paint(rng, spec: WorldSpec, img: np.ndarray, y0: int, x0: int, alpha: np.ndarray, diameter: float,
-           texture_kinds: int = 5) -> None:
-    """Composite a randomly coloured and textured object (coverage ``alpha`` at ``(y0, x0)``) onto ``img``."""
+           texture_kinds: int = 5, kind: int | None = None) -> None:
+    """Composite a randomly coloured and textured object (coverage ``alpha`` at ``(y0, x0)``) onto ``img``;
+    ``kind`` forces the texture (a fine-grained class), else it is drawn."""
     h, w = alpha.shape
     win = img[y0:y0 + h, x0:x0 + w]
     a = alpha[..., None]
     local_bg = (win * a).sum(axis=(0, 1)) / max(float(alpha.sum()), 1e-6)
-    kind = int(rng.integers(texture_kinds))
+    kind = int(rng.integers(texture_kinds)) if kind is None else kind
     colors = _pick_colors(rng, spec, local_bg)
     colors[1] = colors[0] + spec.texture_strength * (colors[1] - colors[0])
     tex = _texture(rng, kind, colors, y0, x0, h, w, diameter)
@@ -418,6 +470,68 @@ def render_object_image(spec: WorldSpec, split: str, index: int) -> tuple[np.nda
     return _finish(rng, spec, img), label
 
 
+def render_object_scene(spec: WorldSpec, split: str, index: int) -> tuple[np.ndarray, int, list]:
+    """Object-centric image ``index`` in the second version's style (``object_images="scene"``).
+
+    The scenes' background and clutter; one dominant object of the image's class near the centre
+    (``cls_object_size_frac``; a fine-grained class forces its texture), drawn on top; and
+    ``cls_extra_objects`` smaller objects of random classes at scene sizes around it, dropped when
+    it hides too much of them (the scenes' rule). Returns ``(image, label, instances)`` with
+    ``instances`` as in `Scene`: the visible detection-class objects, dominant one included.
+    """
+    rng = _rng(spec, split, index)
+    vocab = _vocabulary(spec)
+    n = len(vocab)
+    label = int(rng.integers(n)) if split == "pools/objects" else index % n
+    size = spec.cls_image_size
+    log_aspect = math.log(spec.max_aspect)
+
+    def draw(cls: int, diameter: float):
+        aspect = math.exp(rng.uniform(-log_aspect, log_aspect))
+        return cls, diameter, aspect, rng.uniform(0, 2 * math.pi), diameter / 2 * math.sqrt(max(aspect, 1 / aspect))
+
+    dom = draw(label, rng.uniform(*spec.cls_object_size_frac) * size)
+    jitter = max(0.0, min(0.12 * size, size / 2 - dom[4]))
+    placed = [(*dom, *(size / 2 + rng.uniform(-jitter, jitter, 2)))]   # (cls, diam, aspect, angle, rb, cx, cy)
+    log_lo, log_hi = (math.log(f * size) for f in spec.object_size_frac)
+    for _ in range(int(rng.integers(spec.cls_extra_objects[0], spec.cls_extra_objects[1] + 1))):
+        obj = draw(int(rng.integers(n)), min(math.exp(rng.uniform(log_lo, log_hi)), 0.8 * dom[1]))
+        lo, hi = min(obj[4], size / 2), max(size - obj[4], size / 2)
+        for _ in range(20):
+            cx, cy = rng.uniform(lo, hi, 2)
+            if all(math.hypot(cx - p[5], cy - p[6]) >= (1 - spec.max_overlap) * (obj[4] + p[4]) for p in placed):
+                placed.append((*obj, cx, cy))
+                break
+
+    rendered = []   # bottom to top: the extra objects, then the dominant one
+    for cls, diameter, aspect, angle, _, cx, cy in placed[1:] + placed[:1]:
+        res = shapes.rasterize(shapes.SHAPES[vocab[cls][0].split("/")[0]], cx, cy, diameter / 2, aspect, angle,
+                               size, size, spec.supersample)
+        if res is not None:
+            rendered.append((cls, res[0], res[1], res[2], res[2] >= 0.5, diameter))
+    occupied = np.zeros((size, size), bool)
+    kept = []
+    for obj in reversed(rendered):
+        _, y0, x0, _, mask, _ = obj
+        h, w = mask.shape
+        visible = int((mask & ~occupied[y0:y0 + h, x0:x0 + w]).sum())
+        if visible >= spec.min_visible_area and visible >= spec.min_visible_fraction * int(mask.sum()):
+            occupied[y0:y0 + h, x0:x0 + w] |= mask
+            kept.append(obj)
+    kept.reverse()
+
+    img = _background(rng, spec, size)
+    _clutter(rng, spec, img, int(rng.integers(spec.cls_clutter_per_image[0], spec.cls_clutter_per_image[1] + 1)),
+             spec.cls_clutter_size_frac)
+    owner = np.full((size, size), -1, np.int16)
+    for i, (cls, y0, x0, alpha, mask, diameter) in enumerate(kept):
+        _paint(rng, spec, img, y0, x0, alpha, diameter, kind=vocab[cls][1])
+        h, w = mask.shape
+        owner[y0:y0 + h, x0:x0 + w][mask] = i
+    instances = [(vocab[obj[0]][2], owner == i) for i, obj in enumerate(kept) if vocab[obj[0]][2] >= 0]
+    return _finish(rng, spec, img), label, instances
+
+
 # ----------------------------------------------------------------- generation
 def _save_png(array: np.ndarray, path: pathlib.Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
@@ -445,6 +559,10 @@ def _render_chunk(task) -> tuple[str, int, list]:
             if split.startswith("detection/"):
                 _save_png(scene.semantic, out / split / "masks" / name)
             records.append([_instance_record(c, m) for c, m in scene.instances])
+        elif spec.object_images == "scene":
+            image, label, instances = render_object_scene(spec, split, i)
+            _save_png(image, out / split / "images" / name)
+            records.append((label, [_instance_record(c, m) for c, m in instances]))
         else:
             image, label = render_object_image(spec, split, i)
             _save_png(image, out / split / "images" / name)
@@ -453,7 +571,7 @@ def _render_chunk(task) -> tuple[str, int, list]:
 
 
 def _split_sizes(spec: WorldSpec) -> dict[str, int]:
-    n = spec.num_cls_categories
+    n = len(_vocabulary(spec))
     return {
         "detection/train": spec.num_train,
         "detection/val": spec.num_val,
@@ -464,11 +582,11 @@ def _split_sizes(spec: WorldSpec) -> dict[str, int]:
     }
 
 
-def _coco(spec: WorldSpec, split: str, per_image: list) -> dict:
+def _coco(spec: WorldSpec, split: str, per_image: list, size: int | None = None) -> dict:
     images, annotations = [], []
+    size = size or spec.image_size
     for i, anns in enumerate(per_image):
-        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": spec.image_size,
-                       "height": spec.image_size})
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size})
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **ann})
     return {"info": {"description": f"stlib embedded world {split}", "version": WORLD_VERSION,
@@ -477,8 +595,16 @@ def _coco(spec: WorldSpec, split: str, per_image: list) -> dict:
 
 
 def _labels_json(spec: WorldSpec, labels: list) -> dict:
+    """Labels of an object split; second version: each image also names the contiguous detection
+    class (1..K) of its dominant object, 0 when it has none."""
+    if spec.object_images != "scene" and not spec.cls_fine_textures:
+        return {"categories": classification_categories(spec),
+                "images": [{"file_name": f"{i:06d}.png", "label": int(lab)} for i, lab in enumerate(labels)]}
+    det = [d for _, _, d in _vocabulary(spec)]
+    labels = [lab[0] if isinstance(lab, tuple) else lab for lab in labels]
     return {"categories": classification_categories(spec),
-            "images": [{"file_name": f"{i:06d}.png", "label": int(lab)} for i, lab in enumerate(labels)]}
+            "images": [{"file_name": f"{i:06d}.png", "label": int(lab), "detection_class": det[lab] + 1}
+                       for i, lab in enumerate(labels)]}
 
 
 def _write_json(obj, path: pathlib.Path, indent=None) -> None:
@@ -572,16 +698,24 @@ def _generate_into(spec: WorldSpec, out: pathlib.Path, name: str, workers: int, 
         counts[split] = {"images": len(results[split])}
     _write_json(_labels_json(spec, results["pools/objects"]), out / "hidden" / "objects.json")
     counts["pools/objects"] = {"images": len(results["pools/objects"])}
+    if spec.object_images == "scene":   # the object pool's boxes, for pseudo-label quality as on scenes
+        coco = _coco(spec, "pools/objects", [anns for _, anns in results["pools/objects"]], spec.cls_image_size)
+        _write_json(coco, out / "hidden" / "objects_boxes.json")
+        counts["pools/objects"]["annotations"] = len(coco["annotations"])
 
     manifest = {
         "version": WORLD_VERSION,
         "seed": spec.seed,
         "scale": spec.scale,
-        "spec": dataclasses.asdict(spec),
+        "spec": spec_dict(spec),
         "counts": counts,
         "detection_categories": detection_categories(),
         "classification_categories": classification_categories(spec),
-        "detection_to_classification": {str(2 * k + 1): k for k in range(len(DETECTION_NAMES))},
+        "detection_to_classification": ({str(2 * k + 1): k for k in range(len(DETECTION_NAMES))}
+                                        if not spec.cls_fine_textures else
+                                        {str(2 * k + 1): [c["index"] for c in classification_categories(spec)
+                                                          if c["detection_category"] == 2 * k + 1]
+                                         for k in range(len(DETECTION_NAMES))}),
     }
     _write_json(manifest, out / "manifest.json", indent=2)  # written last: marks the world complete
     if progress:

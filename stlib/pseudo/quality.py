@@ -436,14 +436,22 @@ def object_pool_agreement(labels, hidden_labels, num_detection_classes: int,
 
     `hidden_labels`: path or dict {"categories", "images": [{"file_name", "label"}]} with
     0-based labels whose first `num_detection_classes` are the detection classes (label l is
-    detection class l + 1), joined to labels by file_name == key. Over the images whose
+    detection class l + 1), or with each image's "detection_class" (1..K, 0 for none: the
+    second-version world, whose fine-grained labels map many to one), joined to labels by
+    file_name == key. In a second-version world the out-of-vocabulary images may hold smaller
+    detection-class objects too, so there the false-alarm share is an upper bound; the pool's
+    boxed truth (`hidden/objects_boxes.json`, `quality_table`) is the exact measure. Over the images whose
     label is a detection class ("in vocabulary"): the share with >= 1 box scoring >=
     `threshold` and the share whose top-scoring box has the image's class; over the others
     ("out of vocabulary"): the share with >= 1 box (false alarms). Skipped images and keys
     without a hidden label are left out and counted.
     """
     data = _load_hidden_labels(hidden_labels)
-    by_name = {str(im["file_name"]): int(im["label"]) for im in data.get("images", [])}
+    # a second-version world names each image's detection class (1..K, 0 = none); the first one's
+    # labels below num_detection_classes are the detection classes themselves
+    by_name = {str(im["file_name"]): (int(im["detection_class"]) - 1 if "detection_class" in im else
+                                      int(im["label"]) if int(im["label"]) < num_detection_classes else -1)
+               for im in data.get("images", [])}
     inv = inv_box = inv_top = oov = oov_box = skipped = unknown = 0
     for lab in labels:
         if lab.skipped:
@@ -455,7 +463,7 @@ def object_pool_agreement(labels, hidden_labels, num_detection_classes: int,
             continue
         above = lab.scores >= threshold
         has_box = bool(above.any())
-        if label < num_detection_classes:
+        if label >= 0:
             inv += 1
             inv_box += has_box
             if has_box:

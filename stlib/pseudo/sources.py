@@ -224,7 +224,8 @@ class WorldPoolSource(FolderSource):
     ``"world-<scale>/pools/<pool>"`` (``"world-<scale>-s<seed>/..."`` for a seed other than 0).
     ``hidden_gt`` (scenes) is ``<world>/hidden/scenes.json``, COCO ground truth whose
     ``file_name`` equals ``key(i)`` and whose image id is ``i + 1``; ``hidden_labels``
-    (objects) is ``<world>/hidden/objects.json``. They exist to measure pseudo-label
+    (objects) is ``<world>/hidden/objects.json``, and a second-version world's object pool also has
+    ``hidden_gt``: ``<world>/hidden/objects_boxes.json``, the boxes of its detection-class objects. They exist to measure pseudo-label
     quality and must never feed training.
     """
 
@@ -240,7 +241,8 @@ class WorldPoolSource(FolderSource):
         world = f"world-{scale}" + (f"-s{seed}" if seed else "")
         super().__init__(self.world_root / "pools" / pool / "images", name=f"{world}/pools/{pool}",
                          spec=spec or f"world:{pool}")
-        self.hidden_gt = hidden if pool == "scenes" else None
+        boxes = self.world_root / "hidden" / "objects_boxes.json"   # second-version worlds box their objects
+        self.hidden_gt = hidden if pool == "scenes" else boxes if boxes.is_file() else None
         self.hidden_labels = hidden if pool == "objects" else None
 
 
