@@ -61,7 +61,7 @@ from tqdm import tqdm
 from stlib import paths
 from stlib.data import shapes
 
-WORLD_VERSION = 1
+WORLD_VERSION = 1   # the first world; a spec using any second-version field is version 2 (`world_version`)
 
 DETECTION_NAMES: tuple[str, ...] = shapes.SHAPE_NAMES[: shapes.NUM_DETECTION_SHAPES]
 
@@ -158,6 +158,12 @@ FINE_TEXTURES = {1: "stripes", 2: "checker", 3: "dots"}
 _V1_DEFAULTS = {"object_images": "centered", "cls_fine_textures": (), "cls_extra_objects": (0, 0)}
 
 
+def world_version(spec: "WorldSpec") -> int:
+    """1 for the first world, 2 when the spec uses a second-version field (`_V1_DEFAULTS`)."""
+    return WORLD_VERSION if set(spec_dict(spec)) == {f.name for f in dataclasses.fields(spec)} - set(_V1_DEFAULTS) \
+        else 2
+
+
 def spec_dict(spec: "WorldSpec") -> dict:
     """The spec as a dict, without added fields that hold their first-world value (`_V1_DEFAULTS`)."""
     d = dataclasses.asdict(spec)
@@ -212,7 +218,7 @@ def world_root(spec: WorldSpec, cache_dir=None) -> pathlib.Path:
     blob = json.dumps(spec_dict(spec), sort_keys=True)
     digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
     base = pathlib.Path(cache_dir) if cache_dir is not None else world_cache_dir()
-    return base / "world" / f"v{WORLD_VERSION}-{spec.scale}-s{spec.seed}-{digest}"
+    return base / "world" / f"v{world_version(spec)}-{spec.scale}-s{spec.seed}-{digest}"
 
 
 def detection_categories() -> list[dict]:
@@ -589,7 +595,7 @@ def _coco(spec: WorldSpec, split: str, per_image: list, size: int | None = None)
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size})
         for ann in anns:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **ann})
-    return {"info": {"description": f"stlib embedded world {split}", "version": WORLD_VERSION,
+    return {"info": {"description": f"stlib embedded world {split}", "version": world_version(spec),
                      "seed": spec.seed, "scale": spec.scale},
             "licenses": [], "images": images, "annotations": annotations, "categories": detection_categories()}
 
@@ -613,10 +619,10 @@ def _write_json(obj, path: pathlib.Path, indent=None) -> None:
         json.dump(obj, f, indent=indent, separators=None if indent else (",", ":"))
 
 
-def _is_complete(root: pathlib.Path) -> bool:
+def _is_complete(root: pathlib.Path, version: int) -> bool:
     try:
         with open(root / "manifest.json") as f:
-            return json.load(f).get("version") == WORLD_VERSION
+            return json.load(f).get("version") == version
     except (OSError, ValueError):
         return False
 
@@ -633,7 +639,7 @@ def generate_world(spec: WorldSpec, cache_dir=None, workers: int | None = None, 
     do so under ``if __name__ == "__main__":`` (notebooks need nothing).
     """
     root = world_root(spec, cache_dir)
-    if _is_complete(root):
+    if _is_complete(root, world_version(spec)):
         return root
     if root.exists():  # not produced by a finished generation (renames are atomic): discard
         shutil.rmtree(root)
@@ -645,7 +651,7 @@ def generate_world(spec: WorldSpec, cache_dir=None, workers: int | None = None, 
         try:
             os.rename(tmp, root)
         except OSError:
-            if not _is_complete(root):  # lost a race only if the winner finished
+            if not _is_complete(root, world_version(spec)):  # lost a race only if the winner finished
                 raise
     finally:
         if tmp.exists():
@@ -704,7 +710,7 @@ def _generate_into(spec: WorldSpec, out: pathlib.Path, name: str, workers: int, 
         counts["pools/objects"]["annotations"] = len(coco["annotations"])
 
     manifest = {
-        "version": WORLD_VERSION,
+        "version": world_version(spec),
         "seed": spec.seed,
         "scale": spec.scale,
         "spec": spec_dict(spec),

@@ -20,7 +20,9 @@ def test_the_first_world_keeps_its_folder_and_manifest():
     assert W.world_root(W.world_spec("mini"), "/c").name == "v1-mini-s0-9a3557a113"
     assert W.world_root(W.world_spec("smoke"), "/c").name == "v1-smoke-s0-6d6d0bb642"
     assert not set(W.spec_dict(W.world_spec("mini"))) & {"object_images", "cls_fine_textures", "cls_extra_objects"}
-    assert W.world_root(W.world_spec("mini", **V2), "/c").name != "v1-mini-s0-9a3557a113"
+    assert W.world_version(W.world_spec("mini")) == 1
+    assert W.world_root(W.world_spec("mini", **V2), "/c").name.startswith("v2-mini-s0-")
+    assert W.world_version(W.world_spec("mini", cls_fine_textures=(1,))) == 2
 
 
 def test_the_vocabulary_splits_detection_shapes_into_fine_classes():
@@ -59,7 +61,7 @@ def test_object_scenes_are_pure_and_box_their_detection_objects():
 def test_a_second_version_world_writes_boxed_hidden_truth_and_pseudo_labels_are_scored(tmp_path):
     root = W.ensure_world("smoke", 0, cache_dir=tmp_path, workers=1, progress=False, **V2)
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["spec"]["object_images"] == "scene"
+    assert manifest["spec"]["object_images"] == "scene" and manifest["version"] == 2 and root.name.startswith("v2-")
     assert manifest["detection_to_classification"]["1"] == [0, 1, 2]
     cls_train = json.loads((root / "classification" / "train.json").read_text())
     assert len(cls_train["categories"]) == 60 and len(cls_train["images"]) == 2 * 60
