@@ -33,7 +33,9 @@ class ParamsError(ValueError):
 # The small fixed enumerations of the schema (the pluggable components are in registries, see
 # `validate`): each is written here once, for the check and its message.
 SCALES = ("smoke", "mini", "paper")          # `scale`
-WORLD_SCALES = ("smoke", "mini")             # `data.world_scale`: the embedded world's presets
+# `data.world_scale`: the embedded world's presets (`stlib.data.world`), each of the scale before
+# its "-" ("mini2-64" is a mini world: a candidate for the second version, issue 17).
+WORLD_SCALES = ("smoke", "mini", "mini2-64", "mini2-96")
 DTYPES = ("float32", "bfloat16")             # `model.dtype`
 STUDENT_INITS = ("scratch", "teacher")       # `pretrain.student_init`, `self_train.student_init`
 PSEUDO_LABELS = ("soft", "hard")             # `pretrain.pseudo_label`
@@ -420,7 +422,8 @@ def validate(p: Params) -> None:
         one_of("data.world_scale", p.data.world_scale, WORLD_SCALES, " (the embedded world's presets)")
         need(p.scale != "paper", "scale is paper but data.source is world: the embedded world has the smoke and "
              "mini scales only; paper scale reads COCO (data.source tfds|coco)")
-        need(p.scale in ("", p.data.world_scale), f"scale is {p.scale} but data.world_scale is "
+        need(p.scale in ("", p.data.world_scale.split("-")[0].rstrip("0123456789")),
+             f"scale is {p.scale} but data.world_scale is "
              f"{p.data.world_scale!r}: a {p.scale} params file runs on the {p.scale} world (set both)")
     need(0.0 < p.data.label_fraction <= 1.0, f"data.label_fraction must be in (0, 1], got {p.data.label_fraction}")
     # Ranges: (dotted key, test, what it must be); NaN fails every test.

@@ -173,8 +173,17 @@ def spec_dict(spec: "WorldSpec") -> dict:
     return d
 
 
+# Candidates for the second version of the mini world (issue 17), to be calibrated before one of
+# them replaces "mini": scenes at 64 or 96 px (the cost lever: a mini train step is 81 / 151 /
+# 235 ms at 64 / 96 / 128 px, benchmarks/RESULTS.md), four times the labeled scenes (the
+# high-data regime), and the second version's object images at the scenes' size. Our choices.
+_MINI2 = dict(num_train=4800, object_images="scene", cls_fine_textures=(1, 2, 3), cls_extra_objects=(0, 2),
+              cls_object_size_frac=(0.25, 0.5), cls_clutter_per_image=(0, 3))
+
 _PRESETS: dict[str, dict] = {
     "mini": {},
+    "mini2-64": dict(_MINI2, image_size=64, cls_image_size=64),
+    "mini2-96": dict(_MINI2, image_size=96, cls_image_size=96),
     "smoke": dict(image_size=64, num_train=32, num_val=16, num_pool_scenes=16, cls_image_size=32,
                   num_cls_train_per_class=2, num_cls_val_per_class=1, num_pool_objects=16),
 }

@@ -92,3 +92,17 @@ def test_a_second_version_world_writes_boxed_hidden_truth_and_pseudo_labels_are_
     n_in = sum(im["detection_class"] > 0 for im in hidden["images"])
     assert agree["in_vocab_images"] == n_in and agree["in_vocab_with_box_share"] == 1.0
     assert agree["oov_images"] == len(hidden["images"]) - n_in
+
+
+def test_the_candidate_worlds_are_mini_worlds_and_their_calibration_specs_load():
+    from stlib import config as cfg
+    from stlib.experiments import study as st
+    for size in (64, 96):
+        spec = W.world_spec(f"mini2-{size}")
+        assert (spec.image_size, spec.cls_image_size, spec.num_train, W.world_version(spec)) == (size, size, 4800, 2)
+        study = st.load_study(f"params/mini/study_calibrate_s4_{size}.yaml")
+        assert st.doubling_pairs(study) == [("S4 2000", "S4 4000")]
+        p = st.cell_params(study, "S4 4000", 0, resolve=False)
+        assert (p.scale, p.data.world_scale, p.data.image_size, p.augment.policy) == ("mini", f"mini2-{size}", size, "s4")
+    with pytest.raises(cfg.ParamsError, match="scale is smoke but data.world_scale is 'mini2-64'"):
+        cfg.load_params("params/smoke/retinanet.yaml", ["data.world_scale=mini2-64"])
