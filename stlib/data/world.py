@@ -400,6 +400,34 @@ def _finish(rng, spec: WorldSpec, img: np.ndarray) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
+def _drop_hidden(spec: WorldSpec, rendered: list, size: int) -> list:
+    """The objects of ``rendered`` (bottom to top: ``(cat, y0, x0, alpha, mask, diameter)``) that stay
+    visible enough under the ones drawn above them (``min_visible_area``, ``min_visible_fraction``)."""
+    occupied = np.zeros((size, size), bool)
+    kept = []
+    for obj in reversed(rendered):
+        _, y0, x0, _, mask, _ = obj
+        h, w = mask.shape
+        full = int(mask.sum())
+        visible = int((mask & ~occupied[y0:y0 + h, x0:x0 + w]).sum())
+        if visible >= spec.min_visible_area and visible >= spec.min_visible_fraction * full:
+            occupied[y0:y0 + h, x0:x0 + w] |= mask
+            kept.append(obj)
+    kept.reverse()
+    return kept
+
+
+def _paint_objects(rng, spec: WorldSpec, img: np.ndarray, kept: list, kinds=None) -> np.ndarray:
+    """Paints ``kept`` bottom to top (texture ``kinds[i]``, or drawn); returns the owner map:
+    the index of the object on top at each pixel, -1 for none."""
+    owner = np.full(img.shape[:2], -1, np.int16)
+    for i, (_, y0, x0, alpha, mask, diameter) in enumerate(kept):
+        _paint(rng, spec, img, y0, x0, alpha, diameter, kind=None if kinds is None else kinds[i])
+        h, w = mask.shape
+        owner[y0:y0 + h, x0:x0 + w][mask] = i
+    return owner
+
+
 def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
     """Render scene ``index`` of a scene split (``detection/train``, ``detection/val``, ``pools/scenes``)."""
     rng = _rng(spec, split, index)
@@ -430,27 +458,13 @@ def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
                                size, size, spec.supersample)
         if res is not None:
             rendered.append((cat, res[0], res[1], res[2], res[2] >= 0.5, 2 * radius))
-    occupied = np.zeros((size, size), bool)
-    kept = []
-    for obj in reversed(rendered):
-        _, y0, x0, _, mask, _ = obj
-        h, w = mask.shape
-        full = int(mask.sum())
-        visible = int((mask & ~occupied[y0:y0 + h, x0:x0 + w]).sum())
-        if visible >= spec.min_visible_area and visible >= spec.min_visible_fraction * full:
-            occupied[y0:y0 + h, x0:x0 + w] |= mask
-            kept.append(obj)
-    kept.reverse()
+    kept = _drop_hidden(spec, rendered, size)
 
     # 3. paint background, clutter, then objects bottom to top
     img = _background(rng, spec, size)
     _clutter(rng, spec, img, int(rng.integers(spec.clutter_per_scene[0], spec.clutter_per_scene[1] + 1)),
              spec.clutter_size_frac)
-    owner = np.full((size, size), -1, np.int16)
-    for i, (_, y0, x0, alpha, mask, diameter) in enumerate(kept):
-        _paint(rng, spec, img, y0, x0, alpha, diameter)
-        h, w = mask.shape
-        owner[y0:y0 + h, x0:x0 + w][mask] = i
+    owner = _paint_objects(rng, spec, img, kept)
     image = _finish(rng, spec, img)
 
     lut = np.array([0] + [obj[0] + 1 for obj in kept], np.uint8)
@@ -524,25 +538,12 @@ def render_object_scene(spec: WorldSpec, split: str, index: int) -> tuple[np.nda
                                size, size, spec.supersample)
         if res is not None:
             rendered.append((cls, res[0], res[1], res[2], res[2] >= 0.5, diameter))
-    occupied = np.zeros((size, size), bool)
-    kept = []
-    for obj in reversed(rendered):
-        _, y0, x0, _, mask, _ = obj
-        h, w = mask.shape
-        visible = int((mask & ~occupied[y0:y0 + h, x0:x0 + w]).sum())
-        if visible >= spec.min_visible_area and visible >= spec.min_visible_fraction * int(mask.sum()):
-            occupied[y0:y0 + h, x0:x0 + w] |= mask
-            kept.append(obj)
-    kept.reverse()
+    kept = _drop_hidden(spec, rendered, size)
 
     img = _background(rng, spec, size)
     _clutter(rng, spec, img, int(rng.integers(spec.cls_clutter_per_image[0], spec.cls_clutter_per_image[1] + 1)),
              spec.cls_clutter_size_frac)
-    owner = np.full((size, size), -1, np.int16)
-    for i, (cls, y0, x0, alpha, mask, diameter) in enumerate(kept):
-        _paint(rng, spec, img, y0, x0, alpha, diameter, kind=vocab[cls][1])
-        h, w = mask.shape
-        owner[y0:y0 + h, x0:x0 + w][mask] = i
+    owner = _paint_objects(rng, spec, img, kept, [vocab[obj[0]][1] for obj in kept])
     instances = [(vocab[obj[0]][2], owner == i) for i, obj in enumerate(kept) if vocab[obj[0]][2] >= 0]
     return _finish(rng, spec, img), label, instances
 
