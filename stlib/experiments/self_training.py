@@ -48,16 +48,20 @@ def _at(rows: list, threshold: float) -> dict:
 
 
 def self_training_rows(study, rows: list[dict]) -> list[dict]:
-    """Per run: its AP, its teacher's AP (same seed), the difference, and for students the
-    pseudo-label store, boxes per image and precision / recall at the training threshold."""
+    """Per run: its AP, its teacher's AP (same seed), the difference, and for students how they
+    differ from Sec. 3.2's recipe (`recipe_deviations`), the pseudo-label store, boxes per image
+    and precision / recall at the training threshold."""
     base = (study.compare or {}).get("baseline")
     teacher_ap = {r["seed"]: r.get(study.metric) for r in rows if r["cell"] == base}
+    recipe = recipe_deviations(study)
     out = []
     for r in rows:
         m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         row = {"cell": r["cell"], "seed": r["seed"], "run_id": r["run_id"], study.metric: r.get(study.metric)}
         if r["cell"] != base and r["seed"] in teacher_ap and r.get(study.metric) is not None:
             row["diff"] = r[study.metric] - teacher_ap[r["seed"]]
+        if r["cell"] in recipe:
+            row["recipe_deviations"] = recipe[r["cell"]]
         pl = m.get("pseudo_labels")
         if pl:
             store = paths.find(pl["store"])
@@ -89,6 +93,67 @@ def self_training_rows(study, rows: list[dict]) -> list[dict]:
     return out
 
 
+# Train params that are bookkeeping, not the recipe (when to log, evaluate, save; the seed).
+_BOOKKEEPING = {"seed", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size",
+                "tensorboard"}
+# Sec. 3.2's student settings, read from the params' defaults (stlib/config.py cites each).
+_PAPER_STUDENT = ("score_threshold", "loss_norm", "student_init")
+
+
+def _teacher_cell(study, label: str) -> str | None:
+    for o in study.cells[label]:
+        key, _, value = o.partition("=")
+        if key.strip() == "self_train.teacher" and value.strip().startswith("@"):
+            return value.strip()[1:]
+    return None
+
+
+def recipe_deviations(study) -> dict[str, list[str]]:
+    """Per cell whose teacher is another cell (`self_train.teacher=@Teacher`): how it is trained
+    otherwise than Sec. 3.2's student, which keeps its teacher's hyper-parameters (same steps,
+    learning-rate schedule, early stopping, augmentation, image size) with twice its batch (half
+    human, half pseudo: `batch_size = teacher's x (1 + self_train.pseudo_ratio)`), a hard score
+    threshold of 0.5, the normalized loss, and starts from its teacher. [] = the paper's recipe."""
+    from stlib.experiments.study import cell_params
+    default = cfg.SelfTrainParams()
+    seed = study.seeds[0]
+    out = {}
+    for label in study.cells:
+        teacher = _teacher_cell(study, label)
+        if teacher is None:
+            continue
+        s, t = (cell_params(study, c, seed, resolve=False) for c in (label, teacher))
+        dev = []
+        streams = 1 + (s.self_train.pseudo_ratio if s.self_train.unlabeled else 0.0)
+        batch = round(t.train.batch_size * streams)
+        if s.train.batch_size != batch:
+            dev.append(f"train.batch_size {s.train.batch_size} (teacher {t.train.batch_size} x {streams:g} = {batch})")
+        for section in ("train", "augment"):
+            a, b = cfg.to_dict(getattr(s, section)), cfg.to_dict(getattr(t, section))
+            for k in sorted(a):
+                if k not in _BOOKKEEPING and k != "batch_size" and a[k] != b.get(k):
+                    dev.append(f"{section}.{k} {a[k]} (teacher {b.get(k)})")
+        if s.data.image_size != t.data.image_size:
+            dev.append(f"data.image_size {s.data.image_size} (teacher {t.data.image_size})")
+        for k in _PAPER_STUDENT:
+            if getattr(s.self_train, k) != getattr(default, k):
+                dev.append(f"self_train.{k} {getattr(s.self_train, k)} (Sec. 3.2: {getattr(default, k)})")
+        out[label] = dev
+    return out
+
+
+def recipe_markdown(study) -> str:
+    """One line per student: follows Sec. 3.2's recipe, or how it differs (`recipe_deviations`)."""
+    dev = recipe_deviations(study)
+    if not dev:
+        return ""
+    lines = ["Students against Sec. 3.2's recipe (the teacher's hyper-parameters, twice its batch, "
+             "threshold 0.5, normalized loss, initialized from the teacher):", ""]
+    for label, d in dev.items():
+        lines.append(f"- {label}: " + ("the paper's recipe" if not d else "differs: " + "; ".join(d)))
+    return "\n".join(lines) + "\n"
+
+
 def _f(v, fmt="{:.4f}"):
     return "" if v is None else fmt.format(v)
 
@@ -108,7 +173,8 @@ def self_training_markdown(study, rows: list[dict]) -> str:
                      + (" / ".join(_f(r.get(k), '{:.3f}') for k in ("objects_with_box", "objects_top_correct",
                                                                    "objects_false_alarm"))
                         if "objects_with_box" in r else "") + " |")
-    return "\n".join(lines) + "\n"
+    recipe = recipe_markdown(study)
+    return "\n".join(lines) + "\n" + ("\n" + recipe if recipe else "")
 
 
 def write_self_training_report(study, rows: list[dict], out_dir) -> Path:

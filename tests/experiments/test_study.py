@@ -136,6 +136,31 @@ def test_cells_refer_to_the_run_of_another_cell_with_the_same_seed(tmp_path):
         st.load_study(bad)
 
 
+def test_students_are_checked_against_the_papers_recipe(tmp_path):
+    from stlib.experiments.self_training import recipe_deviations, recipe_markdown
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: recipe\nbase: params/smoke/retinanet.yaml\noverrides: [train.steps=40, train.batch_size=4]\n"
+        "cells:\n  Teacher: []\n"
+        "  Paper: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes, train.batch_size=8,"
+        " train.eval_every=7]\n"
+        "  Short: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes, train.batch_size=8,"
+        " train.steps=10, augment.policy=s4, self_train.score_threshold=0.3, self_train.loss_norm=false]\n"
+        "  Same batch: [self_train.teacher=@Teacher, self_train.unlabeled=world:scenes]\n"
+        "  No pseudo: [self_train.teacher=@Teacher, self_train.unlabeled=]\n"
+        "seeds: [0]\ncompare: {baseline: Teacher}\n")
+    dev = recipe_deviations(st.load_study(spec))
+    assert set(dev) == {"Paper", "Short", "Same batch", "No pseudo"}    # the teacher is no student
+    assert dev["Paper"] == [] and dev["No pseudo"] == []     # bookkeeping (eval_every) is not the recipe
+    assert dev["Same batch"] == ["train.batch_size 4 (teacher 4 x 2 = 8)"]
+    short = dev["Short"]
+    assert "train.steps 10 (teacher 40)" in short and "self_train.score_threshold 0.3 (Sec. 3.2: 0.5)" in short
+    assert "self_train.loss_norm False (Sec. 3.2: True)" in short
+    assert any(d.startswith("augment.policy s4 (teacher ") for d in short)
+    text = recipe_markdown(st.load_study(spec))
+    assert "- Paper: the paper's recipe" in text and "- Short: differs: train.steps 10 (teacher 40)" in text
+
+
 def test_paired_differences_are_per_seed():
     s = st.Study(name="x", base="b", cells={"Teacher": (), "Student": ()}, seeds=(0, 1, 2), metric="AP",
                  compare={"baseline": "Teacher"})
