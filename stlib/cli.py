@@ -26,6 +26,7 @@ from stlib import errors, paths, progress, registry
 from stlib.config import SelfTrainParams
 from stlib.data.world import ensure_world
 from stlib.eval.postprocess import NMS_METHODS
+from stlib.experiments import cost
 from stlib.experiments import study as st
 from stlib.experiments import runs
 from stlib.experiments.inits import DESCRIPTIONS, resolve_init, world_init_dir
@@ -100,6 +101,9 @@ def _run_study_spec(args, notebook: str, parameters: dict, self_training: bool) 
     from pathlib import Path
     spec = st.load_study(args.spec)   # every cell's params checked before any run
     outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
+    if getattr(args, "plan", False):
+        print(cost.estimate_markdown(spec, cost.estimate(spec, outputs)))
+        return 0
     out_dir = outputs / "studies" / spec.name
     if args.direct or getattr(args, "report_only", False):
         rows = (st.results(spec, outputs, require=False) if getattr(args, "report_only", False)
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
     sd.add_argument("spec", help="a study spec, e.g. params/mini/study_inits.yaml")
     _run_options(sd, "run in this process instead of through notebooks")
     sd.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
+    sd.add_argument("--plan", action="store_true", help="no runs: list every run, which exist, and what the missing "
+                                                     "ones cost (CPU time per step measured by finished runs here)")
     sd.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
     sd.set_defaults(fn=cmd_study)
     sl = sub.add_parser("pseudo-label", help="label an unlabeled source with a finished detection run (the teacher) "
@@ -245,6 +251,8 @@ def main(argv=None) -> int:
                     help="a study spec whose students name their teacher cell (default: params/mini/self_train.yaml)")
     _run_options(se, "run in this process instead of through notebooks")
     se.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
+    se.add_argument("--plan", action="store_true", help="no runs: list every run, which exist, and what the missing "
+                                                     "ones cost (CPU time per step measured by finished runs here)")
     se.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
     se.set_defaults(fn=cmd_self_train)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")

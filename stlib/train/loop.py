@@ -161,7 +161,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                 exp.mesh)
 
     stopped_early = early_stop_due(evals, tp.early_stop_patience, metric)
-    t0, step = time.time(), start
+    t0, cpu0, step = time.time(), time.process_time(), start
     trained = 0
     # Outside a terminal (papermill, logs) redraw every 30 s so the executed notebook stays small.
     bar = tqdm(total=tp.steps, initial=start, desc=p.name, disable=not (progress and is_main), unit="step",
@@ -212,9 +212,12 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
         reporter.update(step, force=True)
         if writer is not None:
             writer.flush()
-    elapsed = time.time() - t0
+    elapsed, cpu = time.time() - t0, time.process_time() - cpu0
     if trained and is_main:
-        log.append({"kind": "session", "step": step, "steps": trained, "seconds": round(elapsed, 1)})
+        # cpu_seconds: this process's CPU time (all its threads), which runs sharing the machine do
+        # not inflate as they do wall time; `stlib.experiments.cost` estimates from it
+        log.append({"kind": "session", "step": step, "steps": trained, "seconds": round(elapsed, 1),
+                    "cpu_seconds": round(cpu, 1)})
     sessions = [e for e in log.entries if e["kind"] == "session"]
     evals = log.evals()
     best = max(evals, key=lambda e: _score(e, metric)) if evals else None
@@ -224,6 +227,8 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
         "best_step": best["step"] if best else None,
         "last_step": step, "stopped_early": stopped_early,
         "sessions": len(sessions), "train_seconds": round(sum(e["seconds"] for e in sessions), 1),
+        "cpu_seconds": (round(sum(e["cpu_seconds"] for e in sessions), 1)
+                        if sessions and all("cpu_seconds" in e for e in sessions) else None),
         "images_per_s": (round(sum(e["steps"] for e in sessions) * tp.batch_size
                                / sum(e["seconds"] for e in sessions), 2) if sessions else None),
         "num_params": count_params(state.params), "devices": exp.mesh.devices.size,

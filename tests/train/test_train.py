@@ -84,6 +84,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     for k in ("AP", "AP50", "AP75", "best_step", "last_step"):
         assert ma[k] == mb[k], k
     la, lb = ([json.loads(l) for l in (r / "metrics.jsonl").read_text().splitlines()] for r in (ra, rb))
+    # each session logs the CPU time it used, for pricing runs (stlib.experiments.cost)
+    sessions = [e for e in la if e["kind"] == "session"]
+    assert len(sessions) == 1 and sessions[0]["cpu_seconds"] > 0 and ma["cpu_seconds"] == sessions[0]["cpu_seconds"]
     assert [(e["kind"], e["step"]) for e in la] == [(e["kind"], e["step"]) for e in lb]
     for ea, eb in zip(la, lb):
         if ea["kind"] == "train":
