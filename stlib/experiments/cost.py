@@ -20,6 +20,7 @@ import yaml
 from stlib import config as cfg
 from stlib import paths
 from stlib.experiments import runs
+from stlib.experiments.study import cell_params, plan
 from stlib.io import lock_holder, machine
 
 _MACHINE = ("cpu", "cores", "simd", "platform", "device_kind", "devices")
@@ -78,7 +79,6 @@ def estimate(study, outputs=None, here: dict | None = None) -> dict:
     still to make, CPU seconds from the median CPU seconds per step measured on this machine
     (`here`: a `stlib.io.machine()` dict; default this machine). Returns {"rows", "cpu_seconds"
     (sum over the priced runs to make), "unpriced" (runs to make with no measurement), "cores"}."""
-    from stlib.experiments.study import cell_params, plan
     here = here if here is not None else machine()
     mk = machine_key(here)
     rates = measured(outputs)

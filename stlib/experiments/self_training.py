@@ -16,6 +16,7 @@ from stlib import config as cfg
 from stlib import paths
 from stlib.experiments import runs
 from stlib.experiments.records import is_record
+from stlib.experiments.study import cell_params
 from stlib.io import write_json_atomic, write_text_atomic
 from stlib.pseudo import quality
 from stlib.pseudo.label import default_store_dir, make_pseudo_labels
@@ -114,7 +115,6 @@ def recipe_deviations(study) -> dict[str, list[str]]:
     learning-rate schedule, early stopping, augmentation, image size) with twice its batch (half
     human, half pseudo: `batch_size = teacher's x (1 + self_train.pseudo_ratio)`), a hard score
     threshold of 0.5, the normalized loss, and starts from its teacher. [] = the paper's recipe."""
-    from stlib.experiments.study import cell_params
     default = cfg.SelfTrainParams()
     seed = study.seeds[0]
     out = {}

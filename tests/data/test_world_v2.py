@@ -101,7 +101,8 @@ def test_the_candidate_worlds_are_mini_worlds_and_their_calibration_specs_load()
         spec = W.world_spec(f"mini2-{size}")
         assert (spec.image_size, spec.cls_image_size, spec.num_train, W.world_version(spec)) == (size, size, 4800, 2)
         study = st.load_study(f"params/mini/study_calibrate_s4_{size}.yaml")
-        assert st.doubling_pairs(study) == [("S4 2000", "S4 4000")]
+        pairs = st.doubling_pairs(study)    # a chain: each schedule against twice its steps
+        assert pairs[0] == ("S4 2000", "S4 4000") and all(b == c for (_, b), (c, _) in zip(pairs, pairs[1:]))
         p = st.cell_params(study, "S4 4000", 0, resolve=False)
         assert (p.scale, p.data.world_scale, p.data.image_size, p.augment.policy) == ("mini", f"mini2-{size}", size, "s4")
     with pytest.raises(cfg.ParamsError, match="scale is smoke but data.world_scale is 'mini2-64'"):
