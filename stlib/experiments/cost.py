@@ -1,8 +1,9 @@
 """What a study's runs cost, from what finished runs measured on this machine.
 
 Every training session writes the CPU time its process used and the steps it trained
-(`cpu_seconds`, `steps` of the session entries of metrics.jsonl, `stlib.train.loop`): all threads, evaluations and checkpoints included. Unlike wall
-time, runs sharing the machine (`stlib study --jobs 2`) do not inflate it much, so it adds up over
+(`cpu_seconds`, `steps` of the session entries of metrics.jsonl, `stlib.train.loop`): all threads,
+evaluations, checkpoints and the step's compilation included (so short runs price long ones a
+little high). Unlike wall time, runs sharing the machine (`stlib study --jobs 2`) do not inflate it much, so it adds up over
 a study: the sum of its runs' CPU hours, divided by the cores they keep busy, is its wall time on
 that machine. A planned run is priced by the CPU seconds per step of finished runs whose step costs
 the same (`cost_key`: model, image size, batch, augmentation, evaluation, streams) on a machine
