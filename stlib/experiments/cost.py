@@ -49,9 +49,14 @@ def cost_key(p: cfg.Params) -> str:
 
 
 def _run_dirs(outputs=None):
+    """Finished-looking run folders of the cache, then of the records; a run id once (a published
+    run is in both)."""
+    seen = set()
     for root in (Path(outputs or runs.default_outputs()) / "runs", paths.records_root() / "runs"):
         if root.is_dir():
-            yield from sorted(d for d in root.iterdir() if (d / "metrics.json").is_file())
+            for d in sorted(d for d in root.iterdir() if (d / "metrics.json").is_file() and d.name not in seen):
+                seen.add(d.name)
+                yield d
 
 
 def measured(outputs=None) -> dict:

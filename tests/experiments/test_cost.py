@@ -41,7 +41,7 @@ def spec(tmp_path):
     return st.load_study(path)
 
 
-def test_missing_runs_are_priced_by_cpu_time_per_step_of_runs_of_the_same_step_cost(spec, tmp_path):
+def test_missing_runs_are_priced_by_cpu_time_per_step_of_runs_of_the_same_step_cost(spec, tmp_path, monkeypatch):
     out = tmp_path / "out"
     base = st.cell_params(spec, "Short", 0, out, resolve=False)
     assert cfg.dump_params(base) == cfg.dump_params(_p())
@@ -68,6 +68,11 @@ def test_missing_runs_are_priced_by_cpu_time_per_step_of_runs_of_the_same_step_c
     assert "| Short | 0 |" in text and "| 10 | 0.200 (2) |" in text and "not measured" in text
     assert "3 run(s) to make, 2 priced: 0.00 CPU hours" in text and "1 not priced" in text
 
+    # a run published as a record is in both places and counts once
+    import shutil
+    shutil.copytree(out / "runs" / "a", out / "records" / "runs" / "a")
+    monkeypatch.setattr(cost.paths, "records_root", lambda: out / "records")
+    assert cost.estimate(spec, out, here=HERE)["rows"][0]["measured_runs"] == 2
     # a finished run is done, not priced; and on another machine nothing is priced
     _finished(st.cell_run_dir(spec, "Short", 0, out), base, 10, 1.0)
     est = cost.estimate(spec, out, here=HERE)
