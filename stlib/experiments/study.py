@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -141,6 +142,40 @@ def doubling_pairs(study: Study) -> list[tuple[str, str]]:
         plain[label] = (steps, d)
     return [(a, b) for a in study.cells for b in study.cells
             if plain[b][0] == 2 * plain[a][0] and plain[a][1] == plain[b][1]]
+
+
+def _flat_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def doubling_chains(study: Study) -> list[dict]:
+    """The study's schedule chains: cells grouped by their params (seed 0's, teachers unresolved)
+    but `train.steps`, for each group holding a doubling pair. Each is {"name": the settings that
+    tell the chains apart ("augment.policy=s4, data.label_fraction=0.2"; "all cells" for one chain),
+    "cells": labels by steps, "steps": their steps}."""
+    groups: list[tuple[dict, list]] = []
+    for label in study.cells:
+        d = cfg.to_dict(cell_params(study, label, study.seeds[0], resolve=False))
+        steps = d["train"].pop("steps")
+        flat = _flat_dict(d)
+        group = next((g for g in groups if g[0] == flat), None)
+        if group is None:
+            groups.append((flat, [(steps, label)]))
+        else:
+            group[1].append((steps, label))
+    paired = {c for pair in doubling_pairs(study) for c in pair}
+    groups = [g for g in groups if any(label in paired for _, label in g[1])]
+    keys = sorted(set().union(*(g[0] for g in groups))) if groups else []
+    differing = [k for k in keys if len({repr(g[0].get(k)) for g in groups}) > 1]
+    return [{"name": ", ".join(f"{k}={flat.get(k)}" for k in differing) or "all cells",
+             "cells": [label for _, label in sorted(cells)], "steps": [s for s, _ in sorted(cells)]}
+            for flat, cells in groups]
 
 
 def _base_path(study: Study) -> Path:
@@ -416,6 +451,74 @@ def doubling_summary(study: Study, rows: list[dict]) -> list[dict]:
     return out
 
 
+def chain_summary(study: Study, rows: list[dict]) -> list[dict]:
+    """Per schedule chain (`doubling_chains`): the mean metric at each schedule (seeds that have it),
+    the gain of each doubling, and `converged_at`: the fewest steps whose doubling gains less than
+    the threshold (None when no doubling so far does; then `longest` is how far the chain got)."""
+    pairs = {(a, b): x for x in doubling_summary(study, rows) for a, b in [(x["short"], x["long"])]}
+    value: dict = {}
+    for r in rows:
+        if r.get(study.metric) is not None:
+            value.setdefault(r["cell"], []).append(r[study.metric])
+    out = []
+    for chain in doubling_chains(study):
+        done = [(s, c) for s, c in zip(chain["steps"], chain["cells"]) if c in value]
+        doublings = [pairs[(a, b)] for a in chain["cells"] for b in chain["cells"] if (a, b) in pairs]
+        converged = sorted(x["steps"] for x in doublings if x["converged"])
+        out.append({"name": chain["name"], "cells": [c for _, c in done], "steps": [s for s, _ in done],
+                    "values": [sum(value[c]) / len(value[c]) for _, c in done],
+                    "doublings": [{"steps": x["steps"], "long_steps": x["long_steps"], "gain": x["mean_gain"],
+                                   "converged": x["converged"]} for x in sorted(doublings, key=lambda x: x["steps"])],
+                    "converged_at": converged[0] if converged else None,
+                    "longest": max((s for s, _ in done), default=None)})
+    return out
+
+
+def plot_chains(study: Study, rows: list[dict], path=None):
+    """One panel per schedule chain (`doubling_chains`): each schedule's validation curve (mean over
+    seeds), its final value and the doubling verdicts in the legend."""
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    chains = chain_summary(study, rows)
+    n = len(chains)
+    ncols = min(3, max(n, 1))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.0, 4.6 * ncols), 3.4 * nrows + 0.4), squeeze=False,
+                             sharey=True)
+    thousands = matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, chain in zip(axes.flat, chains):
+        for i, (label, steps, v) in enumerate(zip(chain["cells"], chain["steps"], chain["values"])):
+            curves = [conv.eval_curve(r["run_dir"], study.metric) for r in rows if r["cell"] == label]
+            common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+            mean = [np.mean([c[1][list(c[0]).index(x)] for c in curves]) for x in common]
+            ax.plot(common, mean, color=colours[i % len(colours)], lw=2, marker="o", ms=2.5,
+                    label=f"{steps:,} steps: {v:.3f}")
+        verdict = (f"converged at {chain['converged_at']:,} steps" if chain["converged_at"] is not None
+                   else f"not converged by {chain['longest']:,}" if chain["longest"] else "no runs yet")
+        gains = ", ".join(f"{d['gain'] * 100:+.1f}" for d in chain["doublings"])
+        ax.set_title(f"{chain['name']}\n{verdict}" + (f" (doubling gains {gains} pts)" if gains else ""), fontsize=8)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_formatter(thousands)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"validation {study.metric}")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(textwrap.fill(study.description or study.name, 18 * ncols + 40), fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        write_bytes_atomic(path, buf.getvalue())
+    return fig
+
+
 def plot_convergence(study: Study, rows: list[dict], path=None, ax=None):
     """Validation metric over steps, one colour per cell (a line per seed, the mean bold);
     with a baseline: its `fraction`-of-final level dashed and each cell's mean speed-up in the legend."""
@@ -508,6 +611,17 @@ def report_markdown(study: Study, rows: list[dict]) -> str:
             lines.append(f"| {x['short']} | {x['steps']} | {mean(x['short_values']):.4f} | {x['long']} | "
                          f"{x['long_steps']} | {mean(x['long_values']):.4f} | {x['mean_gain']:+.4f} | "
                          f"{', '.join(map(str, x['seeds']))} | {'yes' if x['converged'] else '**no**'} |")
+        chains = chain_summary(study, rows)
+        if chains:
+            lines += ["", f"Schedule chains (cells that differ only in `train.steps`), {study.metric} by schedule "
+                      "and the first converged one:", "",
+                      f"| chain | {study.metric} by steps | doubling gains | converged at |", "|---|---|---|---|"]
+            for c in chains:
+                by_steps = ", ".join(f"{s:,}: {v:.4f}" for s, v in zip(c["steps"], c["values"]))
+                gains = ", ".join(f"{d['steps']:,} -> {d['long_steps']:,}: {d['gain']:+.4f}" for d in c["doublings"])
+                verdict = (f"{c['converged_at']:,} steps" if c["converged_at"] is not None
+                           else f"**not by {c['longest']:,}**" if c["longest"] else "no runs yet")
+                lines.append(f"| {c['name']} | {by_steps} | {gains} | {verdict} |")
     lines += ["", "Runs:", ""] + [f"- {r['cell']}, seed {r['seed']}: `{r['run_id']}`" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -530,6 +644,8 @@ def write_report(study: Study, rows: list[dict], out_dir) -> Path:
         plot_convergence(study, rows, out_dir / "convergence.png")
     if study.doubling:
         payload["doubling"] = doubling_summary(study, rows)
+        payload["chains"] = chain_summary(study, rows)
+        plot_chains(study, rows, out_dir / "chains.png")
     write_json_atomic(out_dir / "results.json", payload)
     comparison = None if is_record(out_dir) else comparison_markdown(study, rows)
     if comparison:

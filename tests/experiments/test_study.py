@@ -223,6 +223,17 @@ def test_the_doubling_check_pairs_cells_by_steps_and_says_converged_or_not(tmp_p
     assert "| S1 | 4 | 0.3050 | S1 2x | 8 | 0.3070 | +0.0020 | 0, 1 | yes |" in report
     assert "| S4 | 4 | 0.2100 | S4 2x | 8 | 0.2550 | +0.0450 | 0, 1 | **no** |" in report
     assert json.loads((out / "results.json").read_text())["doubling"][1]["converged"] is False
+    # the chains: S4's three schedules are one chain, told apart from S1's by the policy
+    chains = {c["name"]: c for c in st.chain_summary(study, rows)}
+    assert set(chains) == {"augment.policy=s1", "augment.policy=s4"}
+    s4 = chains["augment.policy=s4"]
+    assert (s4["cells"], s4["steps"], s4["converged_at"], s4["longest"]) == (["S4", "S4 2x", "S4 3x"], [4, 8, 12], None, 12)
+    assert s4["values"] == pytest.approx([0.21, 0.255, 0.27])
+    assert chains["augment.policy=s1"]["converged_at"] == 4
+    assert "| augment.policy=s4 | 4: 0.2100, 8: 0.2550, 12: 0.2700 | 4 -> 8: +0.0450 | **not by 12** |" in report
+    assert "| augment.policy=s1 | 4: 0.3050, 8: 0.3070 | 4 -> 8: +0.0020 | 4 steps |" in report
+    assert (out / "chains.png").stat().st_size > 10_000
+    assert json.loads((out / "results.json").read_text())["chains"][1]["longest"] == 12
     from stlib.experiments.show import show
     text = show(out)
     assert "S1                       4 -> 8 steps: gain +0.0020  converged" in text
