@@ -221,7 +221,7 @@ def test_renaming_files_while_a_store_is_half_made_never_mixes_them(teacher, tmp
     folder explicitly is a one-line error naming the changed image list."""
     from stlib import errors
     from stlib.pseudo.label import make_pseudo_labels
-    from stlib.pseudo.store import PseudoLabelStore, StoreError
+    from stlib.pseudo.store import StoreError
     folder = _pool_folder(tmp_path)
     half = tmp_path / "half"
     make_pseudo_labels(teacher, f"folder:{folder}", min_score=0.01, store_dir=half, shard_size=3, progress=False)

@@ -1,5 +1,4 @@
 """A checkpoint saved on one device topology loads on another (CPU mesh of 2 -> one GPU)."""
-import numpy as np
 
 from tests.conftest import run_python
 
