@@ -20,6 +20,8 @@ import yaml
 
 from stlib import config as cfg
 from stlib import paths
+from stlib.data.mixture import split_batch
+from stlib.data.world import world_spec
 from stlib.experiments import runs
 from stlib.experiments.study import cell_params, plan
 from stlib.io import lock_holder, machine
@@ -46,6 +48,26 @@ def cost_key(p: cfg.Params) -> str:
            "pretrain": ({k: d["pretrain"][k] for k in ("method", "image_size")}
                         if d["model"]["head"] == "classification" else None)}
     return json.dumps(key, sort_keys=True)
+
+
+def labeled_epochs(p: cfg.Params) -> float | None:
+    """Passes over the labeled training images that a detection run's steps make: steps x the
+    human examples of each batch (the batch less its pseudo-labelled or classification share) /
+    the labeled images. The yardstick across scales: Sec. 3.2's 45k / 120k steps of 256 are
+    97 / 260 passes over COCO's 118k. None where the count needs the data read (other sources
+    than the world, classification runs)."""
+    if p.model.head == "classification" or p.data.source != "world":
+        return None
+    st = p.self_train
+    shares = {"human": 1.0}
+    if st.teacher and st.unlabeled:
+        shares["pseudo"] = st.pseudo_ratio
+    if st.joint:
+        shares["classification"] = st.joint_ratio
+    human = split_batch(p.train.batch_size, shares)["human"]
+    n = world_spec(p.data.world_scale, p.data.world_seed).num_train
+    labeled = n if p.data.label_fraction >= 1.0 else max(1, int(p.data.label_fraction * n + 0.5))   # world.label_subset
+    return p.train.steps * human / labeled
 
 
 def _run_dirs(outputs=None):
@@ -92,7 +114,7 @@ def estimate(study, outputs=None, here: dict | None = None) -> dict:
     for r in plan(study, outputs):
         p = cell_params(study, r["cell"], r["seed"], outputs, resolve=False)
         per_step = rates.get((mk, cost_key(p)))
-        row = {**r, "steps": p.train.steps,
+        row = {**r, "steps": p.train.steps, "epochs": labeled_epochs(p),
                "cpu_s_per_step": statistics.median(per_step) if per_step else None,
                "measured_runs": len(per_step or [])}
         if not r["complete"]:
@@ -109,18 +131,22 @@ def estimate_markdown(study, est: dict) -> str:
     """The plan as a table and its total: CPU hours, and hours on this machine's cores."""
     lines = [f"Plan of {study.name}: CPU seconds per step from finished runs of the same step cost on this "
              "machine (median; pseudo labelling not priced):", "",
-             "| cell | seed | run | status | steps | CPU s/step (runs) | CPU hours to make |", "|---|---|---|---|---|---|---|"]
+             "| cell | seed | run | status | steps | labeled epochs | CPU s/step (runs) | CPU hours to make |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in est["rows"]:
         status = ("done" + (" (record)" if r["from"] == "record" else "") if r["complete"]
                   else "running" if lock_holder(r["run_dir"]) else "to make")
         rate = f"{r['cpu_s_per_step']:.3f} ({r['measured_runs']})" if r["cpu_s_per_step"] is not None else "not measured"
         hours = f"{r['cpu_seconds'] / 3600:.2f}" if "cpu_seconds" in r else ""
-        lines.append(f"| {r['cell']} | {r['seed']} | `{r['run_id']}` | {status} | {r['steps']} | {rate} | {hours} |")
+        epochs = f"{r['epochs']:.1f}" if r.get("epochs") is not None else ""
+        lines.append(f"| {r['cell']} | {r['seed']} | `{r['run_id']}` | {status} | {r['steps']} | {epochs} | {rate} | {hours} |")
     todo = sum(not r["complete"] for r in est["rows"])
     hours = est["cpu_seconds"] / 3600
     cores = est["cores"] or 1
     priced = todo - est["unpriced"]
-    lines += ["", f"{todo} run(s) to make, {priced} priced: {hours:.2f} CPU hours, about {hours / cores:.2f} hours on "
+    lines += ["", "Labeled epochs: passes over the labeled images (the human share of each batch); Sec. 3.2's "
+              "45k / 120k steps of 256 are 97 / 260 passes over COCO's 118k (Augment-S1 / S4).",
+              "", f"{todo} run(s) to make, {priced} priced: {hours:.2f} CPU hours, about {hours / cores:.2f} hours on "
               f"this machine's {cores} cores" + (f"; {est['unpriced']} not priced (no finished run of the same step "
                                                  "cost here recorded its CPU time)" if est["unpriced"] else "") + "."]
     return "\n".join(lines) + "\n"

@@ -65,7 +65,7 @@ def test_missing_runs_are_priced_by_cpu_time_per_step_of_runs_of_the_same_step_c
     assert rows["S4"]["cpu_s_per_step"] is None and "cpu_seconds" not in rows["S4"]
     assert est["cpu_seconds"] == pytest.approx(10.0) and est["unpriced"] == 1
     text = cost.estimate_markdown(spec, est)
-    assert "| Short | 0 |" in text and "| 10 | 0.200 (2) |" in text and "not measured" in text
+    assert "| Short | 0 |" in text and "| 10 | 1.2 | 0.200 (2) |" in text and "not measured" in text   # 10 x 4 / 32 epochs
     assert "3 run(s) to make, 2 priced: 0.00 CPU hours" in text and "1 not priced" in text
 
     # a run published as a record is in both places and counts once
@@ -95,3 +95,23 @@ def test_study_plan_runs_nothing_and_prints_the_table(spec, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Plan of priced" in r.stdout and "3 run(s) to make, 0 priced" in r.stdout
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_labeled_epochs_count_the_human_share_of_each_batch_over_the_labeled_images():
+    # the smoke world has 32 training scenes (stlib.data.world); batch 4 in the smoke preset
+    p = _p("train.steps=40", "train.batch_size=4")
+    assert cost.labeled_epochs(p) == pytest.approx(40 * 4 / 32)
+    # 25% of 32 = 8 labeled scenes; a student's batch of 8 is 4 human + 4 pseudo
+    p20 = _p("train.steps=40", "train.batch_size=8", "data.label_fraction=0.25", "self_train.teacher=x",
+             "self_train.unlabeled=world:scenes")
+    assert cost.labeled_epochs(p20) == pytest.approx(40 * 4 / 8)
+    # Sec. 3.2's yardstick, on the paper's COCO: no count without reading the data
+    assert cost.labeled_epochs(_p("data.source=coco", "data.train_ann=a.json", "data.train_images=i",
+                                  "data.val_ann=b.json", "data.val_images=j")) is None
+
+
+def test_the_plan_shows_labeled_epochs(spec, tmp_path):
+    text = cost.estimate_markdown(spec, cost.estimate(spec, tmp_path / "out", here=HERE))
+    n = cfg.load_params(SMOKE).train.batch_size
+    assert f"| Long | 0 | `{st.plan(spec, tmp_path / 'out')[1]['run_id']}` | to make | 40 | {40 * n / 32:.1f} |" in text
+    assert "97 / 260 passes over COCO's 118k" in text
