@@ -33,6 +33,7 @@ doubling the steps gains less than `t` in the metric (mean over the seeds both h
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import textwrap
@@ -451,6 +452,14 @@ def doubling_summary(study: Study, rows: list[dict]) -> list[dict]:
     return out
 
 
+def _save_png(fig, path, dpi: int) -> None:
+    """`fig` as a PNG at `path`, written atomically; nothing when `path` is None."""
+    if path is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        write_bytes_atomic(path, buf.getvalue())
+
+
 def chain_summary(study: Study, rows: list[dict]) -> list[dict]:
     """Per schedule chain (`doubling_chains`): the mean metric at each schedule (seeds that have it),
     the gain of each doubling, and `converged_at`: the fewest steps whose doubling gains less than
@@ -511,11 +520,7 @@ def plot_chains(study: Study, rows: list[dict], path=None):
         ax.axis("off")
     fig.suptitle(textwrap.fill(study.description or study.name, 18 * ncols + 40), fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        import io
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        write_bytes_atomic(path, buf.getvalue())
+    _save_png(fig, path, dpi=110)
     return fig
 
 
@@ -561,11 +566,7 @@ def plot_convergence(study: Study, rows: list[dict], path=None, ax=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    if path is not None:
-        import io
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        write_bytes_atomic(path, buf.getvalue())
+    _save_png(fig, path, dpi=120)
     return fig
 
 
