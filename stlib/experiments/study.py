@@ -464,7 +464,7 @@ def chain_summary(study: Study, rows: list[dict]) -> list[dict]:
     """Per schedule chain (`doubling_chains`): the mean metric at each schedule (seeds that have it),
     the gain of each doubling, and `converged_at`: the fewest steps whose doubling gains less than
     the threshold (None when no doubling so far does; then `longest` is how far the chain got)."""
-    pairs = {(a, b): x for x in doubling_summary(study, rows) for a, b in [(x["short"], x["long"])]}
+    pairs = {(x["short"], x["long"]): x for x in doubling_summary(study, rows)}
     value: dict = {}
     for r in rows:
         if r.get(study.metric) is not None:
