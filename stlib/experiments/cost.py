@@ -21,7 +21,7 @@ import yaml
 from stlib import config as cfg
 from stlib import paths
 from stlib.data.mixture import split_batch
-from stlib.data.world import world_spec
+from stlib.data.world import label_subset, world_spec
 from stlib.experiments import runs
 from stlib.experiments.study import cell_params, plan
 from stlib.io import lock_holder, machine
@@ -66,7 +66,7 @@ def labeled_epochs(p: cfg.Params) -> float | None:
         shares["classification"] = st.joint_ratio
     human = split_batch(p.train.batch_size, shares)["human"]
     n = world_spec(p.data.world_scale, p.data.world_seed).num_train
-    labeled = n if p.data.label_fraction >= 1.0 else max(1, int(p.data.label_fraction * n + 0.5))   # world.label_subset
+    labeled = len(label_subset(range(n), p.data.label_fraction, p.data.label_seed))   # as sources.py selects them
     return p.train.steps * human / labeled
 
 
