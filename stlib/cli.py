@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     sd.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
     sd.add_argument("--plan", action="store_true", help="no runs: list every run, which exist, and what the missing "
                                                      "ones cost (CPU time per step measured by finished runs here)")
-    sd.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
+    sd.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes (on a GPU each gets 90%% / N of its memory)")
     sd.set_defaults(fn=cmd_study)
     sl = sub.add_parser("pseudo-label", help="label an unlabeled source with a finished detection run (the teacher) "
                                              "into a resumable pseudo-label store")
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     se.add_argument("--report-only", action="store_true", help="no new runs: report the ones that exist")
     se.add_argument("--plan", action="store_true", help="no runs: list every run, which exist, and what the missing "
                                                      "ones cost (CPU time per step measured by finished runs here)")
-    se.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes")
+    se.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes (on a GPU each gets 90%% / N of its memory)")
     se.set_defaults(fn=cmd_self_train)
     w = sub.add_parser("world", help="generate (or find cached) the embedded world")
     w.add_argument("--scale", default="mini")

@@ -43,6 +43,7 @@ import yaml
 
 from stlib import config as cfg
 from stlib import paths, registry
+from stlib.devices import worker_env
 from stlib.experiments import convergence as conv
 from stlib.experiments import identity, records, runs
 from stlib.experiments.inits import resolve_init
@@ -280,10 +281,10 @@ def _depths(study: Study) -> dict:
 
 def _pool(commands: list[tuple[list, Path]], jobs: int, desc: str, progress: bool) -> None:
     """Runs the commands, `jobs` at a time, each logging to its file; a failure is an error naming its log."""
-    import os
     import subprocess
     import time
     from tqdm.auto import tqdm
+    env = worker_env(jobs)
     pending, running, failed = list(commands), [], []
     bar = tqdm(total=len(commands), desc=desc, unit="job", disable=not progress or not commands)
     while pending or running:
@@ -292,7 +293,7 @@ def _pool(commands: list[tuple[list, Path]], jobs: int, desc: str, progress: boo
             log.parent.mkdir(parents=True, exist_ok=True)
             f = open(log, "w")
             running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=paths.REPO_ROOT,
-                                             env=dict(os.environ)), f, log))
+                                             env=env), f, log))
         time.sleep(1.0)
         for item in list(running):
             proc, f, log = item

@@ -1,11 +1,13 @@
 """Studies and convergence: specs, the run cache, mean / spread / CI, steps to a fraction, speed-up."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 
 from stlib import config as cfg
+from stlib.devices import GPU_MEMORY_VARS
 from stlib.experiments import convergence as conv
 from stlib.experiments import study as st
 
@@ -254,3 +256,20 @@ def test_a_doubling_spec_is_checked_before_work(tmp_path, change, match):
         match = "no two cells differ only in train.steps"
     with pytest.raises(cfg.ParamsError, match=match):
         st.load_study(spec)
+
+
+def test_parallel_workers_share_a_gpu_instead_of_each_reserving_most_of_it(tmp_path, monkeypatch):
+    """`--jobs N` workers each get 90% / N of a GPU's memory (JAX reserves 75% per process by
+    default, so a second worker would fail); a user's own setting is left alone."""
+    for v in GPU_MEMORY_VARS:
+        monkeypatch.delenv(v, raising=False)
+    show = [sys.executable, "-c", "import os; print(os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'), "
+            "os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))"]
+    logs = [tmp_path / f"{i}.log" for i in range(3)]
+    st._pool([(show, log) for log in logs], 3, "env", progress=False)
+    assert [log.read_text().split() for log in logs] == [["0.300", "None"]] * 3
+    st._pool([(show, logs[0])], 1, "env", progress=False)
+    assert logs[0].read_text().split() == ["None", "None"]
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    st._pool([(show, logs[0]), (show, logs[1])], 2, "env", progress=False)
+    assert logs[0].read_text().split() == ["None", "false"]
