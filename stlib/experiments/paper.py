@@ -1,0 +1,171 @@
+"""The paper's results as data, and the verdict on each of its claims from our runs.
+
+`load_numbers` reads the paper's printed tables (params/paper/numbers.yaml: every number with its
+table). A claim is a signed comparison the paper makes: each difference it prints beside a value
+("(+1.3) 45.6": self-training adds 1.3 AP over Rand Init) is one, and `numbers.yaml` adds the
+trends its text states (Sec. 4.1: pre-training's value falls as augmentation gets stronger).
+`judge` turns our per-seed results into a verdict on a claim: the claim's contrast (e.g. student
+minus teacher, or a difference of differences) is computed seed by seed, so the seeds pair the
+runs, and its two-sided 95% t interval decides:
+
+- **reproduced**: the interval excludes 0 on the side of the paper's sign;
+- **refuted**: it excludes 0 on the other side;
+- **inconclusive**: it contains 0, or there are fewer than two seeds.
+
+Our AP is a fraction (COCO eval); the paper prints points, so `POINTS` scales ours for display.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import yaml
+
+from stlib import paths
+from stlib.experiments.study import t_interval
+
+NUMBERS = paths.PARAMS_DIR / "paper" / "numbers.yaml"
+POINTS = 100.0   # our fraction -> the paper's points (AP, mIoU in %)
+VERDICTS = ("reproduced", "refuted", "inconclusive")
+
+_CELL = re.compile(r"^\(\s*([+-]\d+(?:\.\d+)?)\s*\)\s*(-?\d+(?:\.\d+)?)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperCell:
+    value: float | None            # the number printed (None: the paper prints none)
+    delta: float | None = None     # the difference printed beside it, "(+1.3)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A signed contrast of table cells: sum(weight x cell) has the paper's `sign` (+1 / -1).
+    `terms` are ((row, column), weight); `paper` is the contrast in the paper's numbers."""
+    table: str
+    name: str
+    terms: tuple
+    sign: int
+    paper: float | None
+    source: str
+
+
+def parse_cell(x, where: str = "") -> PaperCell:
+    """A cell as numbers.yaml writes it: a number, "(+d) v", or null."""
+    if x is None:
+        return PaperCell(None)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return PaperCell(float(x))
+    m = _CELL.match(str(x).strip())
+    if not m:
+        raise ValueError(f"{where}: a cell must be a number, \"(+d) v\" or null, got {x!r}")
+    return PaperCell(float(m.group(2)), float(m.group(1)))
+
+
+def _table(name: str, t: dict, where: str) -> dict:
+    cols = list(t.get("columns") or [])
+    rows = t.get("rows") or {}
+    if not cols or not rows:
+        raise ValueError(f"{where}: {name} needs `columns` and `rows`")
+    cells = {}
+    for row, vals in rows.items():
+        if len(vals) != len(cols):
+            raise ValueError(f"{where}: {name}.rows[{row!r}] has {len(vals)} cells for {len(cols)} columns")
+        for col, v in zip(cols, vals):
+            cells[(row, col)] = parse_cell(v, f"{where}: {name}.rows[{row!r}][{col!r}]")
+    deltas = t.get("deltas") or {}
+    unknown = set(deltas) - {"rows", "columns"}
+    if unknown:
+        raise ValueError(f"{where}: {name}.deltas takes `rows` or `columns`, got {sorted(unknown)}")
+    for kind, names in (("rows", rows), ("columns", cols)):
+        for a, b in (deltas.get(kind) or {}).items():
+            if a not in names or b not in names:
+                raise ValueError(f"{where}: {name}.deltas.{kind}: {a!r} -> {b!r} names no {kind[:-1]} of the table")
+    return {"caption": t.get("caption", ""), "metric": t.get("metric", "AP"), "rows": list(rows), "columns": cols,
+            "cells": cells, "deltas": {k: dict(deltas.get(k) or {}) for k in ("rows", "columns")},
+            "claims": list(t.get("claims") or []), "notes": t.get("notes", "")}
+
+
+def load_numbers(path=None) -> dict:
+    """{table name: {caption, metric, rows, columns, cells {(row, col): PaperCell}, deltas, claims,
+    notes}} and, for Figure 1, its panels as written. Errors name the file and the key."""
+    path = Path(path or NUMBERS)
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for name, t in raw.items():
+        if "panels" in t:
+            out[name] = {"caption": t.get("caption", ""), "metric": t.get("metric", "AP"), "panels": t["panels"],
+                         "claims": list(t.get("claims") or [])}
+        else:
+            out[name] = _table(name, t, str(path))
+    return out
+
+
+def reference(table: dict, row: str, col: str) -> tuple[str, str] | None:
+    """The cell a printed difference of (row, col) is taken against, or None."""
+    if row in table["deltas"]["rows"]:
+        return table["deltas"]["rows"][row], col
+    if col in table["deltas"]["columns"]:
+        return row, table["deltas"]["columns"][col]
+    return None
+
+
+def _contrast(terms, value) -> float | None:
+    vals = [value(cell) for cell, _ in terms]
+    if any(v is None for v in vals):
+        return None
+    return sum(w * v for (_, w), v in zip(terms, vals))
+
+
+def claims(name: str, table: dict) -> list[Claim]:
+    """Every claim of a table: one per printed difference (cell minus its reference, with the
+    printed sign), then the trends numbers.yaml lists under `claims` (a contrast of cells
+    `terms: [[row, column, weight], ...]` with the `sign` the paper's text gives)."""
+    out = []
+    if "cells" in table:
+        for (row, col), cell in table["cells"].items():
+            ref = reference(table, row, col)
+            if ref is None or cell.delta is None or cell.delta == 0:
+                continue
+            label = f"{row} vs {ref[0]} ({col})" if ref[0] != row else f"{col} vs {ref[1]} ({row})"
+            out.append(Claim(name, label, (((row, col), 1.0), (ref, -1.0)), 1 if cell.delta > 0 else -1,
+                             cell.delta, f"{name}: printed ({cell.delta:+.1f})"))
+    value = (lambda c: table["cells"][c].value) if "cells" in table else (lambda c: _figure_value(table, c))
+    for c in table.get("claims", []):
+        terms = tuple(((r, col), float(w)) for r, col, w in c["terms"])
+        paper = _contrast(terms, value)
+        out.append(Claim(name, c["name"], terms, int(c["sign"]), paper, c.get("source", name)))
+    return out
+
+
+def _figure_value(fig: dict, cell) -> float | None:
+    series, x = cell
+    for panel in fig["panels"].values():
+        if series in panel["series"] and x in panel["x"]:
+            return panel["series"][series][panel["x"].index(x)]
+    return None
+
+
+def judge(claim: Claim, ours: dict, confidence: float = 0.95) -> dict:
+    """The verdict on `claim` from `ours` {(row, column): {seed: value}} (fractions as runs report
+    them): the contrast per seed that every term has, its mean, sample std and t interval, in the
+    paper's points. Missing cells give verdict None (not measured)."""
+    per_cell = [ours.get(cell) or {} for cell, _ in claim.terms]
+    seeds = sorted(set.intersection(*(set(d) for d in per_cell))) if per_cell else []
+    out = {"claim": claim.name, "table": claim.table, "sign": claim.sign, "paper": claim.paper, "n": len(seeds),
+           "seeds": seeds}
+    if not seeds:
+        return {**out, "mean": None, "std": None, "ci95": None, "verdict": None}
+    diffs = [POINTS * sum(w * d[s] for (_, w), d in zip(claim.terms, per_cell)) for s in seeds]
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    if n < 2:
+        return {**out, "mean": mean, "std": None, "ci95": None, "diffs": diffs, "verdict": "inconclusive"}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_interval(diffs, confidence)
+    lo, hi = mean - half, mean + half
+    if lo > 0 or hi < 0:
+        verdict = "reproduced" if (1 if lo > 0 else -1) == claim.sign else "refuted"
+    else:
+        verdict = "inconclusive"
+    return {**out, "mean": mean, "std": sd, "ci95": half, "diffs": diffs, "verdict": verdict}
