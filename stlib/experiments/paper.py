@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from stlib import paths
-from stlib.experiments.study import t_interval
+from stlib.config import ParamsError
+from stlib.experiments.study import Study, make_study, read_spec, t_interval
 
 NUMBERS = paths.PARAMS_DIR / "paper" / "numbers.yaml"
 POINTS = 100.0   # our fraction -> the paper's points (AP, mIoU in %)
@@ -131,7 +132,7 @@ def claims(name: str, table: dict) -> list[Claim]:
             label = f"{row} vs {ref[0]} ({col})" if ref[0] != row else f"{col} vs {ref[1]} ({row})"
             out.append(Claim(name, label, (((row, col), 1.0), (ref, -1.0)), 1 if cell.delta > 0 else -1,
                              cell.delta, f"{name}: printed ({cell.delta:+.1f})"))
-    value = (lambda c: table["cells"][c].value) if "cells" in table else (lambda c: _figure_value(table, c))
+    value = (lambda c: table["cells"][c].value) if "cells" in table else (lambda c: figure_value(table, c))
     for c in table.get("claims", []):
         terms = tuple(((r, col), float(w)) for r, col, w in c["terms"])
         paper = _contrast(terms, value)
@@ -139,7 +140,8 @@ def claims(name: str, table: dict) -> list[Claim]:
     return out
 
 
-def _figure_value(fig: dict, cell) -> float | None:
+def figure_value(fig: dict, cell) -> float | None:
+    """Figure 1's point (series, x) as numbers.yaml gives it, or None."""
     series, x = cell
     for panel in fig["panels"].values():
         if series in panel["series"] and x in panel["x"]:
@@ -169,3 +171,106 @@ def judge(claim: Claim, ours: dict, confidence: float = 0.95) -> dict:
     else:
         verdict = "inconclusive"
     return {**out, "mean": mean, "std": sd, "ci95": half, "diffs": diffs, "verdict": verdict}
+
+
+# --- result specs: a paper table's cells as runs -------------------------------------------------
+# params/<scale>/results/<item>.yaml: which runs make each cell of a table. Rows and columns are the
+# paper's (numbers.yaml); a cell's params are base <- overrides <- its column's <- its row's. In a
+# row's or column's overrides `{row}` and `{col}` stand for the cell's own row and column, and
+# `key=@Row` names the run of row `Row` in the same column and seed (a student's teacher);
+# `key=@Row | Column` names any cell. Cells are expanded into an ordinary study, so runs are
+# cached, shared and recorded as every study's are: Table 2's S4 Rand Init cell is the run of
+# Table 3's 100% one when their params agree.
+RESULT_KEYS = ("result", "name", "description", "base", "overrides", "seeds", "notebook", "columns", "rows", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    item: str            # the paper's table or figure (a key of numbers.yaml)
+    study: Study
+    cells: dict          # study cell label -> (row, column)
+    table: dict          # load_numbers()[item]
+    path: str
+
+
+def cell_label(row: str, col: str) -> str:
+    return f"{row} | {col}"
+
+
+def _expand(override: str, row: str, col: str) -> str:
+    o = override.replace("{row}", row).replace("{col}", col)
+    key, sep, value = o.partition("=")
+    value = value.strip()
+    if sep and value.startswith("@") and " | " not in value:
+        return f"{key}=@{cell_label(value[1:], col)}"
+    return o
+
+
+def _names(table: dict, axis: str) -> list:
+    if "cells" in table:
+        return table["rows" if axis == "rows" else "columns"]
+    key = "series" if axis == "rows" else "x"
+    return list(dict.fromkeys(n for p in table["panels"].values() for n in p[key]))
+
+
+def load_result(path, numbers: dict | None = None) -> Result:
+    """A result spec (above) as a `Result`; errors name the file and the key, and every cell's
+    params are checked before any run starts (`make_study`)."""
+    path = paths.preset(path)
+    raw = read_spec(path)
+    unknown = sorted(set(raw) - set(RESULT_KEYS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown key(s) {unknown} (known: {', '.join(RESULT_KEYS)})")
+    for key in ("result", "name", "base", "rows", "columns"):
+        if key not in raw:
+            raise ParamsError(f"{path}: missing required key {key!r}")
+    numbers = numbers if numbers is not None else load_numbers()
+    if raw["result"] not in numbers:
+        raise ParamsError(f"{path}: result {raw['result']!r} is not in {NUMBERS.name} ({', '.join(numbers)})")
+    table = numbers[raw["result"]]
+    axes = {}
+    for axis in ("rows", "columns"):
+        spec = raw[axis]
+        if not isinstance(spec, dict) or not spec:
+            raise ParamsError(f"{path}: {axis} must be a mapping of the paper's {axis} to lists of overrides")
+        known = _names(table, axis)
+        for name, ov in spec.items():
+            if name not in known:
+                raise ParamsError(f"{path}: {axis}: {name!r} is not a {axis[:-1]} of the paper's {raw['result']} "
+                                  f"({', '.join(map(str, known))})")
+            if not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
+                raise ParamsError(f"{path}: {axis}.{name} must be a list of 'key=value' strings, got {ov!r}")
+        axes[axis] = spec
+    skip = {tuple(s) for s in raw.get("skip") or []}
+    for s in skip:
+        if len(s) != 2 or s[0] not in axes["rows"] or s[1] not in axes["columns"]:
+            raise ParamsError(f"{path}: skip: {list(s)!r} is not a [row, column] of this spec")
+    cells, where = {}, {}
+    for row, row_ov in axes["rows"].items():
+        for col, col_ov in axes["columns"].items():
+            if (row, col) in skip:
+                continue
+            label = cell_label(row, col)
+            cells[label] = [_expand(o, row, col) for o in (*col_ov, *row_ov)]
+            where[label] = (row, col)
+    study = make_study({"name": raw["name"], "base": raw["base"], "cells": cells, "seeds": raw.get("seeds", [0]),
+                        "overrides": raw.get("overrides", []), "notebook": raw.get("notebook", "train.ipynb"),
+                        "description": raw.get("description", f"the paper's {raw['result']}"),
+                        "metric": table.get("metric", "AP")}, path)
+    return Result(raw["result"], study, where, table, str(path))
+
+
+def measured(result: Result, rows: list[dict]) -> dict:
+    """{(row, column): {seed: value}} from a study's `results` rows."""
+    out: dict = {}
+    for r in rows:
+        if r["cell"] in result.cells and r.get(result.study.metric) is not None:
+            out.setdefault(result.cells[r["cell"]], {})[r["seed"]] = r[result.study.metric]
+    return out
+
+
+def verdicts(result: Result, ours: dict) -> list[dict]:
+    """`judge` on every claim of the result's table whose cells the spec makes."""
+    made = set(result.cells.values())
+    return [{**judge(c, ours), "source": c.source} for c in claims(result.item, result.table)
+            if all(cell in made for cell, _ in c.terms)]

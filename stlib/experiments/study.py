@@ -75,12 +75,26 @@ def load_study(path) -> Study:
     """Reads and checks a study spec; errors name the file and the key. Every cell's params
     are loaded too, so a bad override fails here, before any run starts."""
     path = paths.preset(path)   # a file, or a shipped spec by name (mini/self_train)
+    return make_study(read_spec(path), path)
+
+
+def read_spec(path) -> dict:
+    """A spec file's YAML mapping; a missing file or bad YAML is an error naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise cfg.ParamsError(f"study spec not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise cfg.ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise cfg.ParamsError(f"{path}: a spec must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def make_study(raw: dict, path) -> Study:
+    """A checked `Study` from a spec's mapping (`load_study`; `stlib.experiments.paper` builds one
+    from a result spec); errors name `path` and the key."""
     fields = {f.name for f in dataclasses.fields(Study)} - {"path"}
     unknown = sorted(set(raw) - fields)
     if unknown:
@@ -263,11 +277,18 @@ def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = 
         return results(study, outputs)
     depth = _depths(study)
     for level in sorted(set(depth.values())):   # teachers first: their students' ids need their checkpoints
-        todo = [r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level]
+        todo = _unique([r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level])
         for r in tqdm(todo, desc=f"{study.name} (wave {level})", unit="run", disable=not progress or not todo):
             runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
                      progress, direct)
     return results(study, outputs)
+
+
+def _unique(todo: list[dict]) -> list[dict]:
+    """The first row of each run: cells with the same params share one run (Figure 1's Augment-S4
+    point is its 100% one), which is made once."""
+    seen: set = set()
+    return [r for r in todo if not (r["run_id"] in seen or seen.add(r["run_id"]))]
 
 
 def _depths(study: Study) -> dict:
@@ -318,7 +339,7 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
     outputs = Path(outputs or runs.default_outputs())
     depth = _depths(study)
     for level in sorted(set(depth.values())):
-        todo = [r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level]
+        todo = _unique([r for r in plan(study, outputs) if not r["complete"] and depth[r["cell"]] == level])
         busy = [r for r in todo if lock_holder(r["run_dir"])]   # being made by another process (another study)
         todo = [r for r in todo if r not in busy]
         if not todo and not busy:

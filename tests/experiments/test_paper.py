@@ -92,3 +92,31 @@ def test_inconclusive_unmeasured_and_unpaired_seeds():
     assert (one["verdict"], one["n"], one["mean"]) == ("inconclusive", 1, pytest.approx(5.0))
     missing = pp.judge(CLAIM, {("A", "x"): a})
     assert missing["verdict"] is None and missing["n"] == 0
+
+
+def test_a_result_spec_expands_to_a_study_whose_students_name_their_own_teacher():
+    r = pp.load_result("params/smoke/results/table3.yaml")
+    assert r.item == "table3" and len(r.study.cells) == 18 and r.study.seeds == (0, 1)
+    student = r.study.cells["ImageNet Init w/ ImageNet Self-training | 50% Dataset"]
+    assert "self_train.teacher=@ImageNet Init | 50% Dataset" in student
+    assert student[0] == "data.label_fraction=0.5"        # column overrides first, then the row's
+    assert r.cells["ImageNet Init w/ ImageNet Self-training | 50% Dataset"] == (
+        "ImageNet Init w/ ImageNet Self-training", "50% Dataset")
+
+
+def test_bad_result_specs_name_the_key(tmp_path):
+    spec = tmp_path / "t3.yaml"
+    head = "result: table3\nname: t\nbase: params/smoke/retinanet.yaml\ncolumns:\n  20% Dataset: []\n"
+    spec.write_text(head + "rows:\n  Rand Init: []\n  Random Init: []\n")
+    with pytest.raises(pp.ParamsError, match=r"t3.yaml: rows: 'Random Init' is not a row of the paper's table3"):
+        pp.load_result(spec)
+    spec.write_text(head + "rows:\n  Rand Init: []\nskip: [[Rand Init, 50% Dataset]]\n")
+    with pytest.raises(pp.ParamsError, match=r"skip: \['Rand Init', '50% Dataset'\] is not a \[row, column\]"):
+        pp.load_result(spec)
+    spec.write_text(head + "rows:\n  Rand Init w/ ImageNet Self-training: [self_train.teacher=@Rand Init]\n"
+                    "  Rand Init: []\n")
+    with pytest.raises(pp.ParamsError, match=r"must refer to a cell listed before it"):
+        pp.load_result(spec)
+    spec.write_text(head.replace("table3", "table9") + "rows:\n  Rand Init: []\n")
+    with pytest.raises(pp.ParamsError, match=r"result 'table9' is not in numbers.yaml"):
+        pp.load_result(spec)
