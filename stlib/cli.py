@@ -26,7 +26,7 @@ from stlib import errors, paths, progress, registry
 from stlib.config import SelfTrainParams
 from stlib.data.world import ensure_world
 from stlib.eval.postprocess import NMS_METHODS
-from stlib.experiments import cost
+from stlib.experiments import cost, paper
 from stlib.experiments import study as st
 from stlib.experiments import runs
 from stlib.experiments.inits import DESCRIPTIONS, resolve_init, world_init_dir
@@ -130,6 +130,30 @@ def cmd_study(args) -> int:
     return _run_study_spec(args, "study.ipynb", {"RUN": True, "DIRECT": False}, self_training=False)
 
 
+def cmd_reproduce(args) -> int:
+    """The paper's results (notebooks/<item>.ipynb through papermill): each item's missing runs, then
+    its table (or Figure 1) beside the paper's, with verdicts, in <outputs>/paper/<scale>/."""
+    from pathlib import Path
+    items = args.items or paper.available(args.scale)
+    if not items:
+        raise cfg.ParamsError(f"no result specs at the {args.scale} scale (params/{args.scale}/results/)")
+    results = [paper.load_result(paper.result_spec(i, args.scale), seeds=args.seeds) for i in items]   # all checked first
+    outputs = Path(args.outputs) if args.outputs else runs.default_outputs()
+    if args.plan:
+        print(paper.plan_markdown(results, paper.plan_results(results, outputs)))
+        return 0
+    out_dir = outputs / "paper" / args.scale
+    (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    for item in items:
+        runs.execute(f"{item}.ipynb", out_dir / "notebooks" / f"{item}.ipynb",
+                     {"SCALE": args.scale, "SEEDS": args.seeds, "TRAIN": not args.no_train, "JOBS": args.jobs,
+                      "DIRECT": args.direct, "OUTPUTS": paths.relative(outputs), "PROGRESS": not args.quiet},
+                     log_output=True)
+        print((out_dir / f"{item}.md").read_text())
+    print(f"results: {out_dir}")
+    return 0
+
+
 def cmd_pseudo_label(args) -> int:
     check_export_thresholds(args.min_score, args.threshold)    # before any image is labelled
     NMS_METHODS.get(args.nms, what="--nms")
@@ -227,6 +251,19 @@ def main(argv=None) -> int:
                                                      "ones cost (CPU time per step measured by finished runs here)")
     sd.add_argument("--jobs", type=int, default=1, help="with --direct: runs at once, in worker processes (on a GPU each gets 90%% / N of its memory)")
     sd.set_defaults(fn=cmd_study)
+    rp = sub.add_parser("reproduce", help="the paper's Figure 1 and tables from runs, beside its numbers, with a "
+                                          "verdict per claim (runs notebooks/<item>.ipynb)")
+    rp.add_argument("items", nargs="*", metavar="ITEM",
+                    help=f"any of {', '.join(paper.ITEMS)} (default: every item with a spec at the scale)")
+    rp.add_argument("--scale", default="mini", help="smoke | mini | paper: the specs params/<scale>/results/<item>.yaml")
+    rp.add_argument("--seeds", type=int, default=0, help="seeds 0..N-1 (default 0: each spec's seeds)")
+    rp.add_argument("--jobs", type=int, default=1, help="runs at once, in worker processes (on a GPU each gets "
+                                                       "90%% / N of its memory)")
+    rp.add_argument("--no-train", action="store_true", help="no new runs: render the ones that exist")
+    rp.add_argument("--plan", action="store_true", help="no runs: list every run the items need (each once), which "
+                                                     "exist, and what the missing ones cost on this machine")
+    _run_options(rp, "each run in the item's kernel instead of its own notebook")
+    rp.set_defaults(fn=cmd_reproduce)
     sl = sub.add_parser("pseudo-label", help="label an unlabeled source with a finished detection run (the teacher) "
                                              "into a resumable pseudo-label store")
     sl.add_argument("teacher", help="the teacher's run folder, e.g. outputs/runs/mini-retinanet-<hash>")

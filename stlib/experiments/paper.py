@@ -25,6 +25,7 @@ import yaml
 
 from stlib import paths
 from stlib.config import ParamsError
+from stlib.experiments import cost
 from stlib.experiments.study import Study, make_study, read_spec, t_interval
 
 NUMBERS = paths.PARAMS_DIR / "paper" / "numbers.yaml"
@@ -181,7 +182,10 @@ def judge(claim: Claim, ours: dict, confidence: float = 0.95) -> dict:
 # `key=@Row | Column` names any cell. Cells are expanded into an ordinary study, so runs are
 # cached, shared and recorded as every study's are: Table 2's S4 Rand Init cell is the run of
 # Table 3's 100% one when their params agree.
-RESULT_KEYS = ("result", "name", "description", "base", "overrides", "seeds", "notebook", "columns", "rows", "skip")
+# `labels` (optional) names our model beside a paper row where the scale swaps it (Table 5's
+# SpineNet-190 at 1280 px is the smoke / mini SpineNet): {paper row: ours}.
+RESULT_KEYS = ("result", "name", "description", "base", "overrides", "seeds", "notebook", "columns", "rows", "skip",
+               "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +195,7 @@ class Result:
     cells: dict          # study cell label -> (row, column)
     table: dict          # load_numbers()[item]
     path: str
+    labels: dict = dataclasses.field(default_factory=dict)   # paper row -> our model there, where it differs
 
 
 def cell_label(row: str, col: str) -> str:
@@ -213,9 +218,10 @@ def _names(table: dict, axis: str) -> list:
     return list(dict.fromkeys(n for p in table["panels"].values() for n in p[key]))
 
 
-def load_result(path, numbers: dict | None = None) -> Result:
-    """A result spec (above) as a `Result`; errors name the file and the key, and every cell's
-    params are checked before any run starts (`make_study`)."""
+def load_result(path, seeds: int = 0, numbers: dict | None = None) -> Result:
+    """A result spec (above) as a `Result`: seeds 0..`seeds`-1 when `seeds` > 0, else the spec's.
+    Errors name the file and the key, and every cell's params are checked before any run starts
+    (`make_study`)."""
     path = paths.preset(path)
     raw = read_spec(path)
     unknown = sorted(set(raw) - set(RESULT_KEYS))
@@ -241,6 +247,9 @@ def load_result(path, numbers: dict | None = None) -> Result:
             if not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
                 raise ParamsError(f"{path}: {axis}.{name} must be a list of 'key=value' strings, got {ov!r}")
         axes[axis] = spec
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(r in axes["rows"] and isinstance(v, str) for r, v in labels.items()):
+        raise ParamsError(f"{path}: labels must map rows of this spec to names of our models, got {labels!r}")
     skip = {tuple(s) for s in raw.get("skip") or []}
     for s in skip:
         if len(s) != 2 or s[0] not in axes["rows"] or s[1] not in axes["columns"]:
@@ -253,11 +262,14 @@ def load_result(path, numbers: dict | None = None) -> Result:
             label = cell_label(row, col)
             cells[label] = [_expand(o, row, col) for o in (*col_ov, *row_ov)]
             where[label] = (row, col)
-    study = make_study({"name": raw["name"], "base": raw["base"], "cells": cells, "seeds": raw.get("seeds", [0]),
+    if not isinstance(seeds, int) or seeds < 0:
+        raise ParamsError(f"{path}: seeds must be a count >= 0 (0: the spec's), got {seeds!r}")
+    study = make_study({"name": raw["name"], "base": raw["base"], "cells": cells,
+                        "seeds": list(range(seeds)) if seeds else raw.get("seeds", [0]),
                         "overrides": raw.get("overrides", []), "notebook": raw.get("notebook", "train.ipynb"),
                         "description": raw.get("description", f"the paper's {raw['result']}"),
                         "metric": table.get("metric", "AP")}, path)
-    return Result(raw["result"], study, where, table, str(path))
+    return Result(raw["result"], study, where, table, str(path), dict(labels))
 
 
 def measured(result: Result, rows: list[dict]) -> dict:
@@ -274,3 +286,47 @@ def verdicts(result: Result, ours: dict) -> list[dict]:
     made = set(result.cells.values())
     return [{**judge(c, ours), "source": c.source} for c in claims(result.item, result.table)
             if all(cell in made for cell, _ in c.terms)]
+
+
+# --- the items `stlib reproduce` runs --------------------------------------------------------------
+ITEMS = ("figure1", "table2", "table3", "table4", "table5", "table7")   # notebooks/<item>.ipynb
+
+
+def result_spec(item: str, scale: str) -> Path:
+    """params/<scale>/results/<item>.yaml; an unknown item or a missing spec is an error naming it."""
+    if item not in ITEMS:
+        raise ParamsError(f"unknown result {item!r} (one of {', '.join(ITEMS)})")
+    path = paths.PARAMS_DIR / scale / "results" / f"{item}.yaml"
+    if not path.is_file():
+        have = available(scale)
+        raise ParamsError(f"no result spec {paths.relative(path)} for {item} at the {scale} scale"
+                          + (f" (specs there: {', '.join(have)})" if have else " (none there yet)"))
+    return path
+
+
+def available(scale: str) -> list[str]:
+    """The items with a result spec at `scale`, in `ITEMS` order."""
+    return [i for i in ITEMS if (paths.PARAMS_DIR / scale / "results" / f"{i}.yaml").is_file()]
+
+
+def plan_results(results: list[Result], outputs=None) -> dict:
+    """`stlib.experiments.cost.estimate` over several results, each run once (a cell several items
+    share is listed under the first; its cell named `item: row | column`)."""
+    rows, seen, total, unpriced, cores = [], set(), 0.0, 0, None
+    for res in results:
+        est = cost.estimate(res.study, outputs)
+        cores = est["cores"]
+        for r in est["rows"]:
+            if r["run_id"] in seen:
+                continue
+            seen.add(r["run_id"])
+            rows.append({**r, "cell": f"{res.item}: {r['cell']}"})
+            if not r["complete"]:
+                total += r.get("cpu_seconds", 0.0)
+                unpriced += "cpu_seconds" not in r
+    return {"rows": rows, "cpu_seconds": total, "unpriced": unpriced, "cores": cores}
+
+
+def plan_markdown(results: list[Result], est: dict) -> str:
+    name = ", ".join(r.item for r in results)
+    return cost.estimate_markdown(dataclasses.replace(results[0].study, name=f"{name} (each run once)"), est)

@@ -272,6 +272,8 @@ def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = 
     With `jobs` > 1 the runs go to that many worker processes at once (`run_parallel`), e.g.
     several small runs sharing one large accelerator, or one process per GPU."""
     from tqdm.auto import tqdm
+    for scale, names in world_inits(study).items():   # ImageNet / ImageNet++ / SimCLR runs the cells start from
+        runs.ensure_world_inits(scale, names, outputs, progress, direct)
     if jobs > 1:
         run_parallel(study, outputs, jobs, progress)
         return results(study, outputs)
@@ -282,6 +284,18 @@ def run_study(study: Study, outputs=None, progress: bool = True, direct: bool = 
             runs.run(cell_params(study, r["cell"], r["seed"], outputs, resolve=False), study.notebook, outputs,
                      progress, direct)
     return results(study, outputs)
+
+
+def world_inits(study: Study) -> dict[str, tuple]:
+    """{world scale: the named inits (`model.init: imagenet | imagenet++ | simclr`) its cells start
+    from}, for cells on the embedded world, where those inits are runs made here; elsewhere a
+    named init is a public checkpoint (`stlib.experiments.inits`)."""
+    out: dict = {}
+    for label in study.cells:
+        p = cell_params(study, label, study.seeds[0], resolve=False)
+        if p.data.source == "world" and p.model.init in cfg.NAMED_INITS:
+            out.setdefault(p.data.world_scale, set()).add(p.model.init)
+    return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
 def _unique(todo: list[dict]) -> list[dict]:

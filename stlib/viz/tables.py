@@ -15,6 +15,7 @@ import io
 import math
 from pathlib import Path
 
+from stlib import paths
 from stlib.experiments import paper as pp
 from stlib.experiments.study import t_interval
 from stlib.io import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -78,6 +79,10 @@ def _grid(result: pp.Result, layout: list[dict]):
     return rows, cols, at
 
 
+def _row_name(result: pp.Result, row: str) -> str:
+    return f"{row} [ours: {result.labels[row]}]" if row in result.labels else row
+
+
 def table_markdown(result: pp.Result, layout: list[dict]) -> str:
     """The table in the paper's layout: each column as ours | paper."""
     rows, cols, at = _grid(result, layout)
@@ -88,7 +93,7 @@ def table_markdown(result: pp.Result, layout: list[dict]) -> str:
         for c in cols:
             cell = at.get((r, c))
             cells += [_ours_text(cell), _paper_text(cell)] if cell else ["", ""]
-        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_row_name(result, r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +112,7 @@ def table_latex(result: pp.Result, layout: list[dict]) -> str:
     for r in rows:
         ours = [_latex_escape(_ours_text(at[(r, c)])) if (r, c) in at else "" for c in cols]
         paper = [_latex_escape(_paper_text(at[(r, c)])) if (r, c) in at else "" for c in cols]
-        lines.append(_latex_escape(r) + " (ours) & " + " & ".join(ours) + r" \\")
+        lines.append(_latex_escape(_row_name(result, r)) + " (ours) & " + " & ".join(ours) + r" \\")
         lines.append(r"\quad paper & " + " & ".join(paper) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -150,7 +155,7 @@ def write_result(result: pp.Result, ours: dict, out_dir, scale: str = "") -> dic
     md = (f"# {title}{f' at {scale} scale' if scale else ''}: ours beside the paper's\n\n"
           f"{result.table.get('caption', '')}\n\n"
           f"Ours: {result.study.metric} in points, mean ± 95% t interval over seeds {seeds} "
-          f"(study `{result.study.name}`, spec `{result.path}`); a difference in parentheses is taken seed "
+          f"(study `{result.study.name}`, spec `{paths.relative(result.path)}`); a difference in parentheses is taken seed "
           "by seed against the cell the paper compares with. Paper: as printed "
           "(params/paper/numbers.yaml).\n\n" + table_markdown(result, layout)
           + "\nClaims (reproduced / refuted: the 95% interval of the paired difference excludes 0 on the "
@@ -163,7 +168,7 @@ def write_result(result: pp.Result, ours: dict, out_dir, scale: str = "") -> dic
     write_text_atomic(files["csv"], table_csv(layout))
     write_text_atomic(files["tex"], table_latex(result, layout))
     write_json_atomic(files["json"], {"item": result.item, "scale": scale, "study": result.study.name,
-                                      "spec": result.path, "seeds": seeds, "metric": result.study.metric,
+                                      "spec": paths.relative(result.path), "seeds": seeds, "metric": result.study.metric,
                                       "layout": layout, "verdicts": verdicts})
     return {"layout": layout, "verdicts": verdicts, "files": files}
 

@@ -1,0 +1,56 @@
+"""`stlib reproduce`: the paper's results from runs, through their notebooks, at smoke scale."""
+import json
+
+import pytest
+
+from stlib import cli
+from stlib.experiments import paper as pp
+
+
+def test_reproduce_plans_each_shared_run_once(tmp_path, capsys):
+    assert cli.main(["reproduce", "table3", "table7", "--scale", "smoke", "--seeds", "1", "--plan",
+                     "--outputs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table3 = pp.load_result("params/smoke/results/table3.yaml", seeds=1)
+    table7 = pp.load_result("params/smoke/results/table7.yaml", seeds=1)
+    ids = {r["run_id"] for res in (table3, table7) for r in pp.plan_results([res], tmp_path)["rows"]}
+    # Table 7's supervised and self-training cells at 20% are Table 3's: only its joint cells are new
+    assert len(ids) == 18 + 4
+    assert out.count("| to make |") == 22 and "table7: Rand Init | w/ Joint Training | 0 |" in out
+    assert "table7: Rand Init | Sup. Training" not in out      # listed once, under table3
+
+
+def test_reproduce_names_a_missing_spec(capsys):
+    assert cli.main(["reproduce", "table2", "--scale", "mini", "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "no result spec params/mini/results/table2.yaml for table2 at the mini scale" in err
+
+
+def test_reproduce_renders_table5_beside_the_paper(tmp_path, capsys):
+    """Table 5 at smoke scale, one seed, end to end through notebooks/table5.ipynb: the SpineNet
+    teacher, its pseudo labels on the scene pool, the student, then the table and its verdict."""
+    assert cli.main(["reproduce", "table5", "--scale", "smoke", "--seeds", "1", "--direct", "--quiet",
+                     "--outputs", str(tmp_path)]) == 0
+    out_dir = tmp_path / "paper" / "smoke"
+    md = (out_dir / "table5.md").read_text()
+    assert md in capsys.readouterr().out
+    assert "| SpineNet-190 (1280) [ours: spinenet-tiny, 64 px] |" in md and "| (+1.6) 54.2 |" in md
+    data = json.loads((out_dir / "table5.json").read_text())
+    assert data["seeds"] == [0] and [c["ours"]["n"] for c in data["layout"]] == [1, 1]
+    student = data["layout"][1]
+    assert student["ours_delta"]["mean"] == pytest.approx(student["ours"]["mean"] - data["layout"][0]["ours"]["mean"])
+    assert [v["verdict"] for v in data["verdicts"]] == ["inconclusive"]     # one seed gives no interval
+    assert (out_dir / "table5.tex").is_file() and (out_dir / "table5.csv").is_file()
+    assert (out_dir / "notebooks" / "table5.ipynb").is_file()
+
+
+@pytest.mark.slow
+def test_every_result_notebook_runs_at_smoke_scale(tmp_path):
+    """Figure 1 and Tables 2, 3, 4, 5 and 7 end to end, one seed, sharing their runs (a few minutes)."""
+    assert cli.main(["reproduce", "--scale", "smoke", "--seeds", "1", "--direct", "--quiet",
+                     "--outputs", str(tmp_path)]) == 0
+    out_dir = tmp_path / "paper" / "smoke"
+    for item in pp.ITEMS:
+        data = json.loads((out_dir / f"{item}.json").read_text())
+        assert all(c["ours"]["n"] == 1 for c in data["layout"]), item
+    assert (out_dir / "figure1.png").is_file() and (out_dir / "figure1.pdf").is_file()
