@@ -85,8 +85,9 @@ def run_identity(p: cfg.Params) -> dict:
         ident["pretrain_teacher"] = checkpoint_digest(p.pretrain.teacher)
     if p.self_train.teacher:
         ident["teacher"] = checkpoint_digest(p.self_train.teacher)
-        if p.self_train.unlabeled:
-            ident["unlabeled"] = unlabeled_digest(p)
+        if p.self_train.unlabeled:   # read only once the teacher exists (a plan needs no data)
+            ident["unlabeled"] = (PENDING + p.self_train.unlabeled if ident["teacher"].startswith(PENDING)
+                                  else unlabeled_digest(p))
     pretraining = p.model.head == "classification"
     if p.data.source == "world" and (pretraining or p.self_train.joint):
         # the world's classification set (pre-training, joint training) and, for Noisy Student and

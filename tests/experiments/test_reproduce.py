@@ -54,3 +54,16 @@ def test_every_result_notebook_runs_at_smoke_scale(tmp_path):
         data = json.loads((out_dir / f"{item}.json").read_text())
         assert all(c["ours"]["n"] == 1 for c in data["layout"]), item
     assert (out_dir / "figure1.png").is_file() and (out_dir / "figure1.pdf").is_file()
+
+
+def test_the_paper_scale_plan_needs_no_data(tmp_path, capsys, monkeypatch):
+    """Every run of every paper-scale item, each once, without COCO or ImageNet on disk: a student
+    whose teacher does not exist has a provisional id that does not read its unlabeled source."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-tfds"))
+    assert cli.main(["reproduce", "--scale", "paper", "--plan", "--outputs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # Figure 1: 3 inits x 6 settings (its S4 point is its 100% one); Table 2: + 4 students;
+    # Table 3: + 8 students (its inits' runs are Figure 1's, its 100% Rand Init student Table 2's S4
+    # one); Table 4: 4 ResNet-50 runs; Table 7: + 4 joint runs (its other cells are Table 3's 20% ones)
+    assert out.count("| to make |") == 18 + 4 + 8 + 4 + 4
+    assert "table7: Rand Init | w/ Joint Training | 0 |" in out and "| 120000 |" in out
