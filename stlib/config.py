@@ -176,6 +176,12 @@ class TrainParams:
     momentum: float = 0.9               # REFERENCE §4.6
     weight_decay: float = 1e-4          # Sec. 3.2
     grad_clip_norm: float = 0.0         # REFERENCE §4.4: off by default (0)
+    # cosine (Sec. 3.2: cosine decay to 0 at the last step) | step (the SpineNet configs' schedule,
+    # which Sec. 3.2 says the SpineNet runs keep, REFERENCE §4.6: base_lr until the first of
+    # `lr_boundaries`, then each of `lr_levels` in turn). Both after the linear warmup.
+    lr_schedule: str = _added("cosine")
+    lr_boundaries: tuple = _added(())
+    lr_levels: tuple = _added(())
     # sgd (Sec. 3.2: momentum SGD) | lars (SimCLR's optimizer: LARS, momentum 0.9, BN and
     # biases excluded from weight decay and trust-ratio scaling; Chen et al. 2020, Sec. B.1)
     optimizer: str = _added("sgd")
@@ -463,6 +469,13 @@ def validate(p: Params) -> None:
         ("train.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("train.weight_decay", lambda v: v >= 0, ">= 0"),
         ("train.grad_clip_norm", lambda v: v >= 0, ">= 0 (0 = off)"),
+        ("train.lr_schedule", lambda v: v in ("cosine", "step"), "cosine|step"),
+        ("train.lr_boundaries", lambda v: list(v) == sorted(set(v)) and all(
+            isinstance(x, int) and p.train.warmup_steps <= x < p.train.steps for x in v),
+         f"increasing steps in [train.warmup_steps={p.train.warmup_steps}, train.steps={p.train.steps})"),
+        ("train.lr_levels", lambda v: len(v) == len(p.train.lr_boundaries) and all(
+            isinstance(x, (int, float)) and x >= 0 for x in v) and (p.train.lr_schedule == "step" or not v),
+         f"one learning rate >= 0 per train.lr_boundaries ({len(p.train.lr_boundaries)}), with lr_schedule step"),
         ("train.log_every", lambda v: v >= 1, ">= 1"),
         ("train.eval_every", lambda v: v >= 1, ">= 1"),
         ("train.checkpoint_every", lambda v: v >= 1, ">= 1"),

@@ -1,8 +1,8 @@
 """The paper's results as data, and the verdict on each of its claims from our runs.
 
-`load_numbers` reads the paper's printed tables (params/paper/numbers.yaml: every number with its
+`load_numbers` reads the paper's printed tables (params/paper_numbers.yaml: every number with its
 table). A claim is a signed comparison the paper makes: each difference it prints beside a value
-("(+1.3) 45.6": self-training adds 1.3 AP over Rand Init) is one, and `numbers.yaml` adds the
+("(+1.3) 45.6": self-training adds 1.3 AP over Rand Init) is one, and `paper_numbers.yaml` adds the
 trends its text states (Sec. 4.1: pre-training's value falls as augmentation gets stronger).
 `judge` turns our per-seed results into a verdict on a claim: the claim's contrast (e.g. student
 minus teacher, or a difference of differences) is computed seed by seed, so the seeds pair the
@@ -28,7 +28,7 @@ from stlib.config import ParamsError
 from stlib.experiments import cost
 from stlib.experiments.study import Study, make_study, read_spec, t_interval
 
-NUMBERS = paths.PARAMS_DIR / "paper" / "numbers.yaml"
+NUMBERS = paths.PARAMS_DIR / "paper_numbers.yaml"
 POINTS = 100.0   # our fraction -> the paper's points (AP, mIoU in %)
 VERDICTS = ("reproduced", "refuted", "inconclusive")
 
@@ -54,7 +54,7 @@ class Claim:
 
 
 def parse_cell(x, where: str = "") -> PaperCell:
-    """A cell as numbers.yaml writes it: a number, "(+d) v", or null."""
+    """A cell as paper_numbers.yaml writes it: a number, "(+d) v", or null."""
     if x is None:
         return PaperCell(None)
     if isinstance(x, (int, float)) and not isinstance(x, bool):
@@ -122,7 +122,7 @@ def _contrast(terms, value) -> float | None:
 
 def claims(name: str, table: dict) -> list[Claim]:
     """Every claim of a table: one per printed difference (cell minus its reference, with the
-    printed sign), then the trends numbers.yaml lists under `claims` (a contrast of cells
+    printed sign), then the trends paper_numbers.yaml lists under `claims` (a contrast of cells
     `terms: [[row, column, weight], ...]` with the `sign` the paper's text gives)."""
     out = []
     if "cells" in table:
@@ -142,7 +142,7 @@ def claims(name: str, table: dict) -> list[Claim]:
 
 
 def figure_value(fig: dict, cell) -> float | None:
-    """Figure 1's point (series, x) as numbers.yaml gives it, or None."""
+    """Figure 1's point (series, x) as paper_numbers.yaml gives it, or None."""
     series, x = cell
     for panel in fig["panels"].values():
         if series in panel["series"] and x in panel["x"]:
@@ -176,7 +176,7 @@ def judge(claim: Claim, ours: dict, confidence: float = 0.95) -> dict:
 
 # --- result specs: a paper table's cells as runs -------------------------------------------------
 # params/<scale>/results/<item>.yaml: which runs make each cell of a table. Rows and columns are the
-# paper's (numbers.yaml); a cell's params are base <- overrides <- its column's <- its row's. In a
+# paper's (paper_numbers.yaml); a cell's params are base <- overrides <- its column's <- its row's. In a
 # row's or column's overrides `{row}` and `{col}` stand for the cell's own row and column, and
 # `key=@Row` names the run of row `Row` in the same column and seed (a student's teacher);
 # `key=@Row | Column` names any cell. Cells are expanded into an ordinary study, so runs are
@@ -190,7 +190,7 @@ RESULT_KEYS = ("result", "name", "description", "base", "overrides", "seeds", "n
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    item: str            # the paper's table or figure (a key of numbers.yaml)
+    item: str            # the paper's table or figure (a key of paper_numbers.yaml)
     study: Study
     cells: dict          # study cell label -> (row, column)
     table: dict          # load_numbers()[item]

@@ -7,11 +7,13 @@ TPU code's L2 loss term does; optional global-norm clipping.
 lars (SimCLR's, Chen et al. 2020 Sec. B.1): LARS with momentum, BN parameters and biases
 excluded from weight decay and trust-ratio scaling (`lars_optimizer`).
 
-Both: linear warmup from `warmup_init_lr` to `base_lr`, then cosine decay to 0 at the last step.
+Both: linear warmup from `warmup_init_lr` to `base_lr`, then cosine decay to 0 at the last step
+(or SpineNet's step schedule, `train.lr_schedule: step`).
 """
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from stlib.registry import Registry
@@ -24,7 +26,18 @@ OPTIMIZERS = Registry("optimizer", field="train.optimizer")
 
 
 def learning_rate_schedule(tp) -> optax.Schedule:
-    """Sec. 3.2: linear warmup (warmup_init_lr -> base_lr over warmup_steps), then cosine decay."""
+    """Sec. 3.2: linear warmup (warmup_init_lr -> base_lr over warmup_steps), then cosine decay to
+    0 at the last step; or, with `lr_schedule: step` (SpineNet's, REFERENCE §4.6), base_lr until
+    each of `lr_boundaries`, then the matching `lr_levels`."""
+    if getattr(tp, "lr_schedule", "cosine") == "step":
+        levels = jnp.asarray((tp.base_lr, *map(float, tp.lr_levels)), jnp.float32)
+        bounds = jnp.asarray(tuple(tp.lr_boundaries), jnp.int32)
+        warmup = max(tp.warmup_steps, 1)
+
+        def step_schedule(step):
+            warm = tp.warmup_init_lr + (tp.base_lr - tp.warmup_init_lr) * step / warmup
+            return jnp.where(step < tp.warmup_steps, warm, levels[jnp.searchsorted(bounds, step, side="right")])
+        return step_schedule
     return optax.warmup_cosine_decay_schedule(
         init_value=tp.warmup_init_lr, peak_value=tp.base_lr, warmup_steps=tp.warmup_steps,
         decay_steps=tp.steps, end_value=0.0)

@@ -157,7 +157,7 @@ def write_result(result: pp.Result, ours: dict, out_dir, scale: str = "") -> dic
           f"Ours: {result.study.metric} in points, mean ± 95% t interval over seeds {seeds} "
           f"(study `{result.study.name}`, spec `{paths.relative(result.path)}`); a difference in parentheses is taken seed "
           "by seed against the cell the paper compares with. Paper: as printed "
-          "(params/paper/numbers.yaml).\n\n" + table_markdown(result, layout)
+          "(params/paper_numbers.yaml).\n\n" + table_markdown(result, layout)
           + "\nClaims (reproduced / refuted: the 95% interval of the paired difference excludes 0 on the "
             "paper's side / the other side; inconclusive: it holds 0, or one seed):\n\n"
           + verdicts_markdown(verdicts)

@@ -12,7 +12,7 @@ def numbers():
 
 
 def test_every_printed_difference_matches_the_values_it_compares(numbers):
-    """A transcription check of params/paper/numbers.yaml: each "(+d) v" is v minus its reference
+    """A transcription check of params/paper_numbers.yaml: each "(+d) v" is v minus its reference
     cell. The paper rounds values and differences to one decimal each, so they may disagree by up
     to 0.15; two of its cells do by 0.1 (Table 2, ImageNet Init at S2: 40.7 - 41.5 printed -0.7,
     at S3: 43.2 - 43.9 printed -0.8), every other by less than 0.05."""
@@ -34,7 +34,7 @@ def test_every_printed_difference_matches_the_values_it_compares(numbers):
 
 
 def test_figure1_points_are_the_tables_runs(numbers):
-    """Our reading of Figure 1 (numbers.yaml): its points are Tables 2 and 3's cells."""
+    """Our reading of Figure 1 (paper_numbers.yaml): its points are Tables 2 and 3's cells."""
     left, right = numbers["figure1"]["panels"]["left"], numbers["figure1"]["panels"]["right"]
     t2, t3 = numbers["table2"]["cells"], numbers["table3"]["cells"]
     for series in ("Rand Init", "ImageNet Init"):
@@ -118,5 +118,13 @@ def test_bad_result_specs_name_the_key(tmp_path):
     with pytest.raises(pp.ParamsError, match=r"must refer to a cell listed before it"):
         pp.load_result(spec)
     spec.write_text(head.replace("table3", "table9") + "rows:\n  Rand Init: []\n")
-    with pytest.raises(pp.ParamsError, match=r"result 'table9' is not in numbers.yaml"):
+    with pytest.raises(pp.ParamsError, match=r"result 'table9' is not in paper_numbers.yaml"):
         pp.load_result(spec)
+
+
+@pytest.mark.parametrize("spec", sorted(p.relative_to(pp.paths.PARAMS_DIR).as_posix()
+                                        for p in pp.paths.PARAMS_DIR.glob("*/results/*.yaml")))
+def test_every_result_spec_loads_and_judges_claims(spec):
+    r = pp.load_result(spec)
+    assert r.item == spec.split("/")[-1][:-len(".yaml")] and r.study.name.endswith(r.item)
+    assert pp.verdicts(r, {}), spec          # some claim of the paper's item is measured by the spec

@@ -21,6 +21,28 @@ def test_schedule_is_linear_warmup_then_cosine_to_zero():
     assert float(lr(45000)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_spinenets_step_schedule_after_warmup():
+    """REFERENCE §4.6, SpineNet-190's config: warmup 2000, 0.3 -> 0.03 -> 0.003 at 171310 / 180570,
+    each level from its boundary step on; jitted as the train step uses it."""
+    tp = TrainParams(steps=185200, warmup_steps=2000, warmup_init_lr=0.003, base_lr=0.3, lr_schedule="step",
+                     lr_boundaries=(171310, 180570), lr_levels=(0.03, 0.003))
+    lr = jax.jit(learning_rate_schedule(tp))
+    got = [float(lr(s)) for s in (0, 1000, 2000, 171309, 171310, 180569, 180570, 185199)]
+    assert got == pytest.approx([0.003, 0.1515, 0.3, 0.3, 0.03, 0.03, 0.003, 0.003], rel=1e-5)
+
+
+def test_step_schedule_params_are_checked():
+    from stlib import config as cfg
+    base = ["train.steps=100", "train.warmup_steps=10"]
+    with pytest.raises(cfg.ParamsError, match=r"train.lr_boundaries must be increasing steps in \[train.warmup_steps=10"):
+        cfg.load_params("params/smoke/retinanet.yaml", base + ["train.lr_schedule=step", "train.lr_boundaries=[80, 50]",
+                                                               "train.lr_levels=[0.1, 0.01]"])
+    with pytest.raises(cfg.ParamsError, match=r"train.lr_levels must be one learning rate >= 0 per train.lr_boundaries \(1\)"):
+        cfg.load_params("params/smoke/retinanet.yaml", base + ["train.lr_schedule=step", "train.lr_boundaries=[50]"])
+    with pytest.raises(cfg.ParamsError, match=r"with lr_schedule step"):
+        cfg.load_params("params/smoke/retinanet.yaml", base + ["train.lr_boundaries=[50]", "train.lr_levels=[0.1]"])
+
+
 def test_weight_decay_only_on_kernels_and_clipping():
     params = {"conv": {"kernel": jnp.ones((3, 3)), "bias": jnp.ones((3,))}, "bn": {"scale": jnp.ones((3,))}}
     assert jax.tree.leaves(kernel_mask(params)) == [False, False, True]  # bn.scale, conv.bias, conv.kernel
