@@ -267,6 +267,10 @@ class SelfTrainParams:
     # classification head on the shared backbone, "the exact setup as self-training".
     joint: bool = False
     joint_ratio: float = 1.0            # classification examples per human detection example (Sec. 5: half and half)
+    # Where joint training's labeled classification images come from: world (the embedded world's
+    # classification set, smoke / mini) | folder:<path> (ImageNet's layout on disk: one sub-folder
+    # per class, e.g. ILSVRC/Data/CLS-LOC/train; paper scale). Our addition; Sec. 5 uses ImageNet.
+    joint_source: str = _added("world")
     joint_alpha: float = 1.0            # weight of the classification loss (normalized like the pseudo loss)
 
 

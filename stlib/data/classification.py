@@ -158,6 +158,35 @@ class ClassificationSource(SkipsCorruptImages):
         return new
 
 
+def class_folders(root, name: str | None = None) -> ClassificationSource:
+    """A labeled source from ImageNet's layout on disk: one sub-folder per class (its name the
+    class, e.g. ``n01440764``), images inside. Classes are the sub-folders in name order; files that
+    are not images are ignored and counted (``stats["files_ignored"]``). A missing folder, or one
+    with no class sub-folder holding images, raises `DataError` naming it."""
+    root = pathlib.Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"class folders: {root} is not a folder")
+    classes, files, labels, ignored = [], [], [], 0
+    for d in sorted(c for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")):
+        names = sorted(f.name for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
+        keep = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        ignored += len(names) - len(keep)
+        if keep:
+            files += [str(d / n) for n in keep]
+            labels += [len(classes)] * len(keep)
+            classes.append(d.name)
+    if not classes:
+        raise DataError(f"class folders: {root} has no sub-folder with images (*.png, *.jpg, *.jpeg): "
+                        "expected <root>/<class>/<image>, as ImageNet's train folder")
+    src = ClassificationSource.__new__(ClassificationSource)
+    src._lock = threading.Lock()
+    src.stats = {"images_corrupt": 0, "files_ignored": ignored}
+    src.json_path, src.images_dir, src.name = None, str(root), name or root.name
+    src.categories = [{"index": i, "name": c} for i, c in enumerate(classes)]
+    src.files, src.labels = files, np.asarray(labels, np.int32)
+    return src
+
+
 def build_classification_sources(world_scale: str, world_seed: int) -> dict:
     """{"train", "val", "pool"} sources of the embedded world (generated and cached on first use).
 

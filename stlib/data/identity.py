@@ -61,9 +61,11 @@ def folder_listing(root) -> list[tuple[str, int]]:
 
 
 def folder_digest(root) -> str:
-    """`listing_digest` of a folder (memoized per process by the folder's path and mtime)."""
+    """`listing_digest` of a folder, memoized per process by its path and the mtimes of it and of
+    its sub-folders (a file added to a class folder of ImageNet's layout changes only that one's)."""
     root = Path(root)
-    memo_key = (str(root.resolve()), root.stat().st_mtime_ns)
+    subdirs = tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(root) if e.is_dir()))
+    memo_key = (str(root.resolve()), root.stat().st_mtime_ns, subdirs)
     if memo_key not in _LIST_MEMO:
         _LIST_MEMO[memo_key] = listing_digest(folder_listing(root))
     return _LIST_MEMO[memo_key]

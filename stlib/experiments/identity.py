@@ -89,7 +89,11 @@ def run_identity(p: cfg.Params) -> dict:
             ident["unlabeled"] = (PENDING + p.self_train.unlabeled if ident["teacher"].startswith(PENDING)
                                   else unlabeled_digest(p))
     pretraining = p.model.head == "classification"
-    if p.data.source == "world" and (pretraining or p.self_train.joint):
+    joint_folder = p.self_train.joint and p.self_train.joint_source.startswith("folder:")
+    if joint_folder:   # joint training's class folders (their listing; a plan lists them before they exist)
+        folder = Path(p.self_train.joint_source[len("folder:"):]).expanduser()
+        ident["classification"] = folder_digest(folder)[:16] if folder.is_dir() else PENDING + str(folder)
+    if p.data.source == "world" and (pretraining or (p.self_train.joint and not joint_folder)):
         # the world's classification set (pre-training, joint training) and, for Noisy Student and
         # SimCLR, its unlabeled object pool
         root = ensure_world(p.data.world_scale, p.data.world_seed)

@@ -23,7 +23,7 @@ from stlib import losses
 from stlib.augment import augment_batch, prepare_eval_batch
 from stlib.augment.classification import augment_classification
 from stlib.data.anchors import AnchorConfig, assign_soft_targets, assign_targets, flatten_level_outputs, generate_anchors
-from stlib.data.classification import ClassificationData, build_classification_sources
+from stlib.data.classification import ClassificationData, build_classification_sources, class_folders
 from stlib.data.mixture import Mixture, split_batch
 from stlib.data.pipeline import DetectionData
 from stlib.data.sources import build_detection_sources
@@ -236,6 +236,20 @@ class Detector:
         return restore_variables(state, variables, self.tx, self.mesh)
 
 
+def joint_classification_source(p: cfg.Params):
+    """The labeled classification source of `self_train.joint_source` (errors name the setting)."""
+    spec = p.self_train.joint_source
+    if spec == "world":
+        if p.data.source != "world":
+            raise cfg.ParamsError(f"self_train.joint_source world: data.source {p.data.source!r} is not the embedded "
+                                  "world; give the classification images as self_train.joint_source=folder:<path> "
+                                  "(one sub-folder per class, as ImageNet's train folder)")
+        return build_classification_sources(p.data.world_scale, p.data.world_seed)["train"]
+    if spec.startswith("folder:"):
+        return class_folders(spec[len("folder:"):])
+    raise cfg.ParamsError(f"self_train.joint_source must be world or folder:<path>, got {spec!r}")
+
+
 @TASKS.register("retinanet")
 class DetectionTask:
     """A detection run: the human stream, the streams handed in (pseudo labels), joint
@@ -265,12 +279,10 @@ class DetectionTask:
         self.train_step, self.predict_step = self.detector.train_step, self.detector.predict_step
 
     def _classification_stream(self):
-        """Joint training's stream: the classification set with its labels (the world's at smoke/mini scale)."""
+        """Joint training's stream: the classification set with its labels (`self_train.joint_source`:
+        the world's at smoke / mini scale, ImageNet-style class folders at paper scale)."""
         p = self.params
-        if p.data.source != "world":
-            raise cfg.ParamsError("self_train.joint: joint training reads the embedded world's classification set; "
-                                  f"data.source {p.data.source!r} has none wired yet")
-        src = build_classification_sources(p.data.world_scale, p.data.world_seed)["train"]
+        src = joint_classification_source(p)
         self.classifier = JointClassifier(p.model, src.num_classes)
         return ClassificationData(src, p.pretrain.image_size)
 

@@ -415,3 +415,45 @@ def test_oracle_pseudo_labels_are_the_pools_hidden_truth(teacher):
     with pytest.raises(ValueError, match="hidden ground-truth boxes"):
         PseudoLabeledSource(make_pseudo_labels(teacher, "world:objects", min_score=0.01, progress=False), objects,
                             0.5, oracle=True)
+
+
+def _class_folders(root, classes=("n01", "n02", "n03"), per_class=3):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(root / c / f"{c}_{i}.JPEG")
+    (root / "n01" / "notes.txt").write_text("not an image")
+    (root / "empty").mkdir()
+    return root
+
+
+def test_joint_training_reads_imagenet_style_class_folders(tmp_path):
+    """Paper scale's joint stream (Table 7): ImageNet's train layout, one sub-folder per class, read
+    as labeled classification data; the world's classification set stays the smoke / mini default,
+    and a detection source without one says how to give the folder."""
+    from stlib.data.classification import class_folders
+    from stlib.data.coco import DataError
+    from stlib.experiments import identity
+    from stlib.experiments.assemble import build_task
+    from stlib.tasks.detection import joint_classification_source
+    root = _class_folders(tmp_path / "train")
+    src = class_folders(root)
+    assert [c["name"] for c in src.categories] == ["n01", "n02", "n03"] and len(src) == 9
+    assert src.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and src.stats["files_ignored"] == 1
+    with pytest.raises(DataError, match="has no sub-folder with images"):
+        class_folders(tmp_path / "train" / "empty")
+    p = cfg.load_params(SMOKE, ["self_train.joint=true", f"self_train.joint_source=folder:{root}",
+                                "pretrain.image_size=32", "train.batch_size=8"])
+    exp = build_task(p, progress=False)
+    assert exp.train_data.sizes == {"human": 4, "classification": 4}
+    batch = exp.train_data.train_batch(0, 8, 0)["classification"]
+    assert batch["image"].shape == (4, 32, 32, 3) and set(batch["label"].tolist()) <= {0, 1, 2}
+    assert exp.classifier is not None
+    ident = identity.run_identity(p)
+    (root / "n02" / "n02_9.JPEG").write_bytes((root / "n02" / "n02_0.JPEG").read_bytes())
+    assert identity.run_identity(p)["classification"] != ident["classification"]   # the folder is hashed
+    coco = cfg.load_params("params/paper/retinanet.yaml", ["self_train.joint=true"])
+    with pytest.raises(cfg.ParamsError, match=r"give the classification images as self_train.joint_source=folder:"):
+        joint_classification_source(coco)
