@@ -150,7 +150,9 @@ def cmd_reproduce(args) -> int:
                       "DIRECT": args.direct, "OUTPUTS": paths.relative(outputs), "PROGRESS": not args.quiet},
                      log_output=True)
         print((out_dir / f"{item}.md").read_text())
-    print(f"results: {out_dir}")
+    print(f"results: {out_dir}  (records: `stlib publish {paths.relative(out_dir)}`, and its runs with "
+          f"`stlib publish {paths.relative(outputs / 'studies')}/<study>` for each of "
+          f"{', '.join(r.study.name for r in results)})")
     return 0
 
 

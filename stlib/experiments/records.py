@@ -159,9 +159,21 @@ def publish_run(run_dir, replace: bool = False) -> list[Path]:
     return _copy_tree(run_dir, dst, _cache_prefix())
 
 
+def _is_paper_folder(path: Path) -> bool:
+    """A folder of `stlib reproduce`'s rendered results: `<item>.json` files naming their item."""
+    for f in path.glob("*.json"):
+        try:
+            if "item" in json.loads(f.read_text()) and (path / f"{f.stem}.md").is_file():
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def publish(path, replace: bool = False) -> list[Path]:
-    """Publishes a run folder or a study folder (its report, its runs and their pseudo-label
-    stores' small files). Runs already recorded under the same id are left as they are unless
+    """Publishes a run folder, a study folder (its report, its runs and their pseudo-label
+    stores' small files) or a results folder (`<outputs>/paper/<scale>/`: tables, figures, the
+    executed notebooks). Runs already recorded under the same id are left as they are unless
     `replace`. Returns the files written."""
     path = paths.find(path)
     if (path / "results.json").is_file():
@@ -188,5 +200,12 @@ def publish(path, replace: bool = False) -> list[Path]:
         return written
     if (path / "params.yaml").is_file():
         return publish_run(path, replace)
-    raise RecordError(f"{paths.relative(path)}: neither a run folder (params.yaml, metrics.json) nor a study "
-                      "folder (results.json)")
+    if path.parent.name == "paper" and _is_paper_folder(path):   # `stlib reproduce`'s tables and figures
+        dst = paths.records_root() / "paper" / path.name
+        if dst.exists() and not replace:
+            raise RecordError(f"record {paths.relative(dst)} exists; pass --replace to overwrite it")
+        if dst.exists():
+            shutil.rmtree(dst)
+        return _copy_tree(path, dst, _cache_prefix())
+    raise RecordError(f"{paths.relative(path)}: neither a run folder (params.yaml, metrics.json), a study "
+                      "folder (results.json) nor a results folder (<outputs>/paper/<scale>/ of `stlib reproduce`)")

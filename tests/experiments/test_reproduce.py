@@ -1,5 +1,6 @@
 """`stlib reproduce`: the paper's results from runs, through their notebooks, at smoke scale."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,11 @@ def test_reproduce_names_a_missing_spec(capsys):
     assert "no result spec params/mini/results/table2.yaml for table2 at the mini scale" in err
 
 
-def test_reproduce_renders_table5_beside_the_paper(tmp_path, capsys):
+def test_reproduce_renders_table5_beside_the_paper(tmp_path, capsys, monkeypatch):
     """Table 5 at smoke scale, one seed, end to end through notebooks/table5.ipynb: the SpineNet
-    teacher, its pseudo labels on the scene pool, the student, then the table and its verdict."""
+    teacher, its pseudo labels on the scene pool, the student, then the table and its verdict,
+    published as records with its runs."""
+    monkeypatch.setenv("STLIB_RECORDS", str(tmp_path / "records"))
     assert cli.main(["reproduce", "table5", "--scale", "smoke", "--seeds", "1", "--direct", "--quiet",
                      "--outputs", str(tmp_path)]) == 0
     out_dir = tmp_path / "paper" / "smoke"
@@ -42,6 +45,12 @@ def test_reproduce_renders_table5_beside_the_paper(tmp_path, capsys):
     assert [v["verdict"] for v in data["verdicts"]] == ["inconclusive"]     # one seed gives no interval
     assert (out_dir / "table5.tex").is_file() and (out_dir / "table5.csv").is_file()
     assert (out_dir / "notebooks" / "table5.ipynb").is_file()
+    assert cli.main(["publish", str(out_dir)]) == 0 and cli.main(["publish", str(tmp_path / "studies" / "smoke-table5")]) == 0
+    recs = tmp_path / "records"
+    assert (recs / "paper" / "smoke" / "table5.md").read_text() == md
+    made = json.loads((tmp_path / "studies" / "smoke-table5" / "results.json").read_text())["runs"]
+    assert len(made) == 2 and sorted(p.name for p in (recs / "runs").iterdir()) == sorted(
+        Path(r["run_dir"]).name for r in made)
 
 
 @pytest.mark.slow
