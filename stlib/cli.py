@@ -44,9 +44,12 @@ from stlib.pseudo.teacher import TeacherRun
 
 
 def _print_result(run_dir, result: dict) -> None:
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     print(f"run: {run_dir}")
-    print("COCO " + "  ".join(f"{k} {result[k]:.4f}" if result.get(k) is not None else f"{k} n/a" for k in keys))
+    if "mIoU" in result:   # a segmentation run
+        print(f"mIoU {result['mIoU']:.4f}")
+    else:
+        keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        print("COCO " + "  ".join(f"{k} {result[k]:.4f}" if result.get(k) is not None else f"{k} n/a" for k in keys))
     print(f"best step {result.get('best_step')}, last step {result.get('last_step')}, "
           f"stopped early: {result.get('stopped_early')}, devices: {result.get('devices')}")
     for split, stats in (result.get("data_stats") or {}).items():

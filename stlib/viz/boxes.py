@@ -25,7 +25,10 @@ def draw_detections(ax, image, gt_boxes=(), gt_classes=(), boxes=(), scores=(), 
 
 
 def show_predictions(exp, state, n: int = 8, score_threshold: float = 0.3, save_to=None):
-    """Predictions of `state` on the first `n` validation images next to their ground truth."""
+    """Predictions of `state` on the first `n` validation images next to their ground truth
+    (for a segmentation run: image, predicted mask, true mask; `show_masks`)."""
+    if hasattr(exp, "predict_masks"):
+        return show_masks(exp, state, n, save_to)
     dets = exp.predict(state, limit=n)
     names = [c["name"] for c in exp.train_source.categories]
     cols = min(n, 3 if n % 4 else 4)
@@ -45,6 +48,31 @@ def show_predictions(exp, state, n: int = 8, score_threshold: float = 0.3, save_
     for ax in axes.flat[k:]:
         ax.set_axis_off()
     fig.suptitle(f"predictions (red, score >= {score_threshold}) vs ground truth (green)")
+    fig.tight_layout()
+    if save_to:
+        fig.savefig(Path(save_to), dpi=72)
+    return fig
+
+
+def show_masks(exp, state, n: int = 6, save_to=None):
+    """Segmentation predictions: per validation image, the image, the predicted classes and the
+    true ones (ignored pixels white), one colour per class."""
+    examples = exp.predict_masks(state, n)
+    num = exp.num_classes
+    cmap = plt.get_cmap("tab20", max(num, 2))
+    fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * max(len(examples), 1)), squeeze=False, dpi=72)
+
+    def colour(m):
+        rgb = cmap(np.clip(m, 0, num - 1) % cmap.N)[..., :3]
+        rgb[m == 255] = 1.0
+        return rgb
+    for row, ex in zip(axes, examples):
+        h, w = ex["image_hw"]
+        for ax, img, title in zip(row, (ex["image"][:h, :w], colour(ex["pred"][:h, :w]), colour(ex["mask"][:h, :w])),
+                                  ("image", "predicted", "truth (white: ignored)")):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=8)
+            ax.set_axis_off()
     fig.tight_layout()
     if save_to:
         fig.savefig(Path(save_to), dpi=72)

@@ -1,4 +1,4 @@
-"""Training curves from a run's metrics.jsonl: loss and validation AP over steps."""
+"""Training curves from a run's metrics.jsonl: loss and the validation metric over steps."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 
 
 def plot_training_curves(run_dir, save: bool = True):
-    """Loss (train) and the validation metrics (AP/AP50/AP75 for detection, top-1/top-5 for
-    pre-training) against step; saved as curves.png in the run dir."""
+    """Loss (train) and the validation metrics (AP/AP50/AP75 for detection, mIoU for segmentation,
+    top-1/top-5 for pre-training) against step; saved as curves.png in the run dir."""
     run_dir = Path(run_dir)
     entries = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [e for e in entries if e["kind"] == "train"]
@@ -19,10 +19,12 @@ def plot_training_curves(run_dir, save: bool = True):
     if train and "cls_loss" in train[0]:
         a.plot([e["step"] for e in train], [e["cls_loss"] for e in train], label="class (focal)")
     a.set_xlabel("step"), a.set_ylabel("loss"), a.set_title("training loss"), a.legend()
-    detection = bool(evals) and "AP" in evals[0]
-    for k in (("AP", "AP50", "AP75") if detection else ("top1", "top5")):
+    first = evals[0] if evals else {}
+    keys, ylabel = ((("AP", "AP50", "AP75"), "COCO metric") if "AP" in first else
+                    (("mIoU",), "mean IoU") if "mIoU" in first else (("top1", "top5"), "accuracy"))
+    for k in keys:
         b.plot([e["step"] for e in evals], [e.get(k) for e in evals], marker="o", label=k)
-    b.set_xlabel("step"), b.set_ylabel("COCO metric" if detection else "accuracy"), b.set_title("validation")
+    b.set_xlabel("step"), b.set_ylabel(ylabel), b.set_title("validation")
     b.legend()
     b.set_ylim(0, 1)
     fig.suptitle(run_dir.name)

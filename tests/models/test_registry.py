@@ -101,15 +101,15 @@ def test_model_registries_keep_mapping_lookups():
     assert bn_from_model and callable(fn)
 
 
-def test_segmenter_preset_is_rejected_by_the_detector_and_has_no_task_yet():
+def test_segmenter_preset_is_rejected_by_the_detector_and_trained_by_its_own_task():
     from stlib.tasks import task_for
     from stlib.tasks.detection import Detector
+    from stlib.tasks.segmentation import SegmentationTask
     from stlib.train import sharding
     p = cfg.load_params(SMOKE, ["model.head=segmentation"])
     with pytest.raises(cfg.ParamsError, match="a Detector is a detection model"):
         Detector(p, 3, sharding.create_mesh())
-    with pytest.raises(cfg.ParamsError, match="model.head 'segmentation'"):
-        task_for(p)
+    assert task_for(p) is SegmentationTask
 
 
 def _bn_epsilons(model, size=64) -> dict:

@@ -1,0 +1,136 @@
+"""Semantic segmentation data: images with a class per pixel (Sec. 3.2's PASCAL VOC track).
+
+Masks follow PASCAL VOC's convention: 0 = background, k = class k (1..K), 255 = ignore (VOC's
+object boundaries and "void"). At the smoke / mini scales the embedded world's scenes carry such
+masks (`detection/<split>/masks/<id>.png`: the visible objects' classes, `stlib.data.world`), so
+`world_segmentation_sources` reads the world's detection splits as a segmentation dataset; a
+folder of images with masks beside them (VOC's `JPEGImages/` + `SegmentationClass/`) is the same
+`SegmentationSource`.
+
+`SegmentationData` gives fixed-shape examples: the image scaled so its longer side is S and
+padded to S x S (as detection's evaluation input), the mask with it (nearest neighbour), its
+padding ignored (255). A mask whose size differs from its image, or that holds a class outside
+0..K or 255, is an error naming the file; an unreadable image is a counted skip.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+
+import numpy as np
+from PIL import Image
+
+from stlib.data.coco import DataError, SkipsCorruptImages, decode_image
+from stlib.data.pipeline import IndexedBatches
+from stlib.data.world import DETECTION_NAMES, ensure_world
+
+IGNORE_LABEL = 255   # PASCAL VOC's "void"; the segmentation loss and mIoU skip it
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class SegmentationSource(SkipsCorruptImages):
+    """Images in `images_dir` with their masks in `masks_dir` (same stem, `.png`).
+
+    Args:
+      images_dir, masks_dir: folders; every image file (*.png, *.jpg, *.jpeg) must have a mask.
+      class_names: the K object classes (class k is `class_names[k - 1]`; 0 is background).
+      name: for messages (default: the images folder's parent name).
+
+    Attributes: `files`, `mask_files`, `num_classes` (K + 1, background included), `class_names`,
+    `stats` (`images_corrupt` counted when met). A missing mask is a `DataError` naming it.
+    """
+
+    def __init__(self, images_dir, masks_dir, class_names, name: str | None = None):
+        self._lock = threading.Lock()
+        self.stats = {"images_corrupt": 0}
+        images_dir, masks_dir = pathlib.Path(images_dir), pathlib.Path(masks_dir)
+        for d in (images_dir, masks_dir):
+            if not d.is_dir():
+                raise DataError(f"segmentation source: folder not found: {d}")
+        self.name = name or images_dir.parent.name
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names) + 1
+        self.files, self.mask_files = [], []
+        for n in sorted(os.listdir(images_dir)):
+            if not n.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            mask = masks_dir / (pathlib.Path(n).stem + ".png")
+            if not mask.is_file():
+                raise DataError(f"{self.name}: image {images_dir / n} has no mask {mask}")
+            self.files.append(str(images_dir / n))
+            self.mask_files.append(str(mask))
+        if not self.files:
+            raise DataError(f"{self.name}: no images (*.png, *.jpg, *.jpeg) in {images_dir}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return decode_image(self.files[i], self.files[i])
+
+    def load_mask(self, i: int, image_hw: tuple) -> np.ndarray:
+        """uint8 [H, W] class ids of image `i` (checked against the image's size and the classes)."""
+        path = self.mask_files[i]
+        try:
+            with Image.open(path) as im:
+                mask = np.asarray(im if im.mode in ("L", "P") else im.convert("L"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: not a readable mask PNG ({e})") from None
+        if mask.shape != tuple(image_hw):
+            raise DataError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {self.files[i]} is "
+                            f"{image_hw[1]}x{image_hw[0]}")
+        bad = np.unique(mask[(mask >= self.num_classes) & (mask != IGNORE_LABEL)])
+        if bad.size:
+            raise DataError(f"{path}: class id(s) {bad[:5].tolist()} outside 0..{self.num_classes - 1} "
+                            f"(and {IGNORE_LABEL} = ignore)")
+        return mask
+
+
+def world_segmentation_sources(world_scale: str, world_seed: int) -> tuple[SegmentationSource, SegmentationSource]:
+    """(train, val) of the embedded world's scenes read as segmentation data (their semantic masks)."""
+    root = pathlib.Path(ensure_world(world_scale, world_seed))
+    return tuple(SegmentationSource(root / "detection" / s / "images", root / "detection" / s / "masks",
+                                    DETECTION_NAMES, name=f"world {world_scale} {s}") for s in ("train", "val"))
+
+
+def fit_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image uint8 [S,S,3], mask uint8 [S,S], image_hw int32 [2]): scaled so the longer side is S
+    (bilinear image, nearest mask), then padded at the bottom / right (image 0, mask ignore)."""
+    h, w = mask.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize((nw, nh), Image.NEAREST))
+    img = np.zeros((size, size, 3), np.uint8)
+    msk = np.full((size, size), IGNORE_LABEL, np.uint8)
+    img[:nh, :nw], msk[:nh, :nw] = image, mask
+    return img, msk, np.asarray([nh, nw], np.int32)
+
+
+class SegmentationData(IndexedBatches):
+    """Fixed-shape examples and batches of a `SegmentationSource` at image size S.
+
+    Batches: `image` uint8 [b,S,S,3], `mask` uint8 [b,S,S] (255 = ignore, also the padding),
+    `image_hw` int32 [b,2] (the content before padding), `example_valid` bool [b], and the empty
+    box fields the augmentation policies carry along (`boxes` [b,1,4], `classes` [b,1], `valid`
+    [b,1] False), so Augment-S1..S4 move the masks with the pixels (`stlib.augment`).
+    """
+
+    def __init__(self, source: SegmentationSource, image_size: int):
+        self.source = source
+        self.image_size = image_size
+        self.indices = np.arange(len(source), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def example(self, i: int) -> dict | None:
+        image = self.source.load_image_or_none(i)   # a corrupt image: counted, skipped
+        if image is None:
+            return None
+        img, mask, hw = fit_square(image, self.source.load_mask(i, image.shape[:2]), self.image_size)
+        return {"image": img, "mask": mask, "image_hw": hw, "example_valid": np.bool_(True),
+                "boxes": np.zeros((1, 4), np.float32), "classes": np.zeros((1,), np.int32),
+                "valid": np.zeros((1,), np.bool_)}

@@ -1,0 +1,89 @@
+"""Segmentation runs on the detection engine (issue 19's first part): the world's scene masks as
+data, bad masks named, a smoke run that reports mIoU and resumes after a kill to the same numbers."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stlib.data.coco import DataError
+from stlib.data.segmentation import IGNORE_LABEL, SegmentationData, SegmentationSource, fit_square
+from tests.conftest import REPO, run_python
+from tests.train.test_train import KILLER
+
+SEG = str(REPO / "params/smoke/segmentation.yaml")
+
+
+def _folder(tmp_path, n=3, size=(40, 30)):
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "SegmentationClass").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), np.uint8)).save(tmp_path / "JPEGImages" / f"{i:03d}.jpg")
+        mask = np.zeros(size, np.uint8)
+        mask[5:20, 4:15] = 2
+        mask[0, :] = IGNORE_LABEL
+        Image.fromarray(mask).save(tmp_path / "SegmentationClass" / f"{i:03d}.png")
+    return SegmentationSource(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
+
+
+def test_examples_are_fitted_and_padded_with_ignore(tmp_path):
+    src = _folder(tmp_path)
+    assert src.num_classes == 3 and len(src) == 3
+    ex = SegmentationData(src, 64).example(0)
+    assert ex["image"].shape == (64, 64, 3) and ex["mask"].shape == (64, 64)
+    assert ex["image_hw"].tolist() == [64, 48]                 # 40 x 30 scaled by 64 / 40
+    assert (ex["mask"][:, 48:] == IGNORE_LABEL).all() and (ex["image"][:, 48:] == 0).all()
+    assert set(np.unique(ex["mask"]).tolist()) == {0, 2, IGNORE_LABEL}
+    img, mask, hw = fit_square(np.zeros((10, 20, 3), np.uint8), np.ones((10, 20), np.uint8), 40)
+    assert hw.tolist() == [20, 40] and (mask[:20] == 1).all() and (mask[20:] == IGNORE_LABEL).all()
+
+
+def test_bad_masks_name_their_file(tmp_path):
+    src = _folder(tmp_path)
+    Image.fromarray(np.full((40, 30), 7, np.uint8)).save(tmp_path / "SegmentationClass" / "001.png")
+    with pytest.raises(DataError, match=r"001.png: class id\(s\) \[7\] outside 0..2"):
+        SegmentationData(src, 64).example(1)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "SegmentationClass" / "002.png")
+    with pytest.raises(DataError, match=r"002.png: mask is 30x20 but its image .*002.jpg is 30x40"):
+        SegmentationData(src, 64).example(2)
+    (tmp_path / "SegmentationClass" / "000.png").unlink()
+    with pytest.raises(DataError, match=r"voc: image .*000.jpg has no mask .*000.png"):
+        SegmentationSource(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
+
+
+def _run(out, kill_at=-1):
+    sets = [x for s in ("train.steps=12", "train.checkpoint_every=4", "train.eval_every=6", "train.log_every=1")
+            for x in ("--set", s)]
+    return run_python(KILLER.format(kill_at=kill_at, params=SEG, out=str(out), sets=sets))
+
+
+def test_a_segmentation_run_reports_miou_and_resumes_after_a_kill_to_the_same_numbers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    done = _run(a)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _run(b, kill_at=7).returncode != 0
+    resumed = _run(b)
+    assert resumed.returncode == 0 and "from step 6" in resumed.stdout, resumed.stderr[-3000:]
+    (ra,), (rb,) = list((a / "runs").iterdir()), list((b / "runs").iterdir())
+    assert ra.name == rb.name
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (ra, rb))
+    assert ma["status"] == "complete" and 0 < ma["mIoU"] <= 1
+    assert (ma["mIoU"], ma["best_step"], ma["last_step"]) == (mb["mIoU"], mb["best_step"], mb["last_step"])
+    evals = [json.loads(l) for l in (ra / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [6, 12] and "IoU/background" in evals[0]
+    la, lb = ([json.loads(l)["loss"] for l in (r / "metrics.jsonl").read_text().splitlines()
+               if json.loads(l)["kind"] == "train"] for r in (ra, rb))
+    assert la == pytest.approx(lb, rel=1e-6) and la[0] != la[-1]
+
+
+def test_stlib_train_runs_a_segmentation_preset_through_its_notebook(tmp_path, capsys):
+    """`stlib train` (papermill, train.ipynb) on the smoke segmentation preset: the curves show
+    mIoU, the predictions figure shows image, predicted and true masks, the summary prints mIoU."""
+    from stlib import cli
+    assert cli.main(["train", SEG, "--outputs", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU 0." in out and "COCO AP" not in out
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert (run / "predictions.png").stat().st_size > 5_000 and (run / "curves.png").is_file()
