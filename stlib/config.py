@@ -76,6 +76,10 @@ class DataParams:
     train_split: str = "train"
     val_split: str = "validation"
     max_val_images: int = 0             # 0 = all
+    # PASCAL VOC 2012 on disk (data.source voc, model.head segmentation): the folder holding
+    # JPEGImages/, SegmentationClass/, ImageSets/Segmentation/ (and SegmentationClassAug/ for a
+    # train_split whose name holds "aug"); train_split / val_split name its list files.
+    voc_root: str = _added("")
     label_fraction: float = 1.0         # Sec. 4.2: 20% / 50% / 100% of the labels (nested subsets)
     label_seed: int = 0
     image_size: int = 640               # Sec. 3.2: 640x640 images

@@ -78,7 +78,7 @@ def choice_error(path, overrides) -> str:
      "augment.autoaugment_policy 'v9': unknown AutoAugment policy (known: v0|v1|v2|v3|test)"),
     ("self_train.nms=greedy", "self_train.nms 'greedy': unknown NMS method (known: nms|soft_nms)"),
     ("postprocess.method=diou", "postprocess.method 'diou': unknown NMS method (known: nms|soft_nms)"),
-    ("data.source=s3", "data.source 's3': unknown detection source (known: world|coco|tfds)"),
+    ("data.source=s3", "data.source 's3': unknown detection source (known: world|coco|tfds|voc)"),
     ("train.optimizer=adam", "train.optimizer 'adam': unknown optimizer (known: sgd|lars)"),
     ("self_train.unlabeled=s3:bucket", "self_train.unlabeled 's3': unknown unlabeled source kind "
                                        "(known: world|tfds|folder)"),   # its kind, the part before ':'

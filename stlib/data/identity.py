@@ -89,7 +89,8 @@ def data_digest(dp) -> str:
 
     - world: its generated annotation files (train and val), generating the world if needed;
     - coco: the annotation files' bytes and the image folders' listings (names and sizes);
-    - tfds: the prepared dataset's `dataset_info.json` (version, splits, checksums).
+    - tfds: the prepared dataset's `dataset_info.json` (version, splits, checksums);
+    - voc: PASCAL VOC's two list files and the listings of its image and mask folders.
     The labelled fraction, its seed and `max_val_images` are params, hashed with them.
     """
     if dp.source == "world":
@@ -109,6 +110,16 @@ def data_digest(dp) -> str:
             parts.append(folder_digest(path))
     elif dp.source == "tfds":
         parts = [_tfds_info_digest(dp.tfds_name, dp.tfds_data_dir)]
+    elif dp.source == "voc":   # PASCAL VOC: its two list files, the images' and the masks' listings
+        root = Path(dp.voc_root).expanduser()
+        parts = []
+        for split in (dp.train_split, dp.val_split):
+            listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            if not listing.is_file():
+                raise DataError(f"data.voc_root: VOC list file {listing} does not exist")
+            parts.append(file_digest(listing))
+        parts += [folder_digest(d) for d in (root / "JPEGImages", root / "SegmentationClass",
+                                            root / "SegmentationClassAug") if d.is_dir()]
     else:
         raise ValueError(f"data.source: unknown source {dp.source!r}")
     return sha256_bytes("\n".join(parts).encode())[:16]

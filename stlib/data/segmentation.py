@@ -3,9 +3,9 @@
 Masks follow PASCAL VOC's convention: 0 = background, k = class k (1..K), 255 = ignore (VOC's
 object boundaries and "void"). At the smoke / mini scales the embedded world's scenes carry such
 masks (`detection/<split>/masks/<id>.png`: the visible objects' classes, `stlib.data.world`), so
-`world_segmentation_sources` reads the world's detection splits as a segmentation dataset; a
-folder of images with masks beside them (VOC's `JPEGImages/` + `SegmentationClass/`) is the same
-`SegmentationSource`.
+`world_segmentation_sources` reads the world's detection splits as a segmentation dataset; PASCAL
+VOC's own layout (`JPEGImages/`, `SegmentationClass/` palette PNGs, `ImageSets/Segmentation/
+<split>.txt`, the aug set's `SegmentationClassAug/`) is `SegmentationSource.voc`.
 
 `SegmentationData` gives fixed-shape examples: the image scaled so its longer side is S and
 padded to S x S (as detection's evaluation input), the mask with it (nearest neighbour), its
@@ -29,39 +29,80 @@ IGNORE_LABEL = 255   # PASCAL VOC's "void"; the segmentation loss and mIoU skip 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+# PASCAL VOC 2012's 20 object classes (class k is VOC_CLASSES[k - 1]; 0 is background).
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
 class SegmentationSource(SkipsCorruptImages):
-    """Images in `images_dir` with their masks in `masks_dir` (same stem, `.png`).
+    """Image files with their mask files (PNG: class ids, or a palette PNG whose indices are the ids).
 
     Args:
-      images_dir, masks_dir: folders; every image file (*.png, *.jpg, *.jpeg) must have a mask.
+      files, mask_files: paths, pairwise.
       class_names: the K object classes (class k is `class_names[k - 1]`; 0 is background).
-      name: for messages (default: the images folder's parent name).
+      name: for messages.
 
     Attributes: `files`, `mask_files`, `num_classes` (K + 1, background included), `class_names`,
-    `stats` (`images_corrupt` counted when met). A missing mask is a `DataError` naming it.
+    `stats` (`images_corrupt` counted when met). Build one with `from_folders` (a folder of images,
+    masks beside them by stem) or `voc` (PASCAL VOC's layout and list files).
     """
 
-    def __init__(self, images_dir, masks_dir, class_names, name: str | None = None):
+    def __init__(self, files, mask_files, class_names, name: str):
         self._lock = threading.Lock()
         self.stats = {"images_corrupt": 0}
+        self.name = name
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names) + 1
+        self.files, self.mask_files = [str(f) for f in files], [str(f) for f in mask_files]
+        if not self.files:
+            raise DataError(f"{self.name}: no images")
+
+    @classmethod
+    def from_folders(cls, images_dir, masks_dir, class_names, name: str | None = None) -> "SegmentationSource":
+        """Every image (*.png, *.jpg, *.jpeg) of `images_dir` with `masks_dir/<stem>.png`; a missing
+        folder or mask is a `DataError` naming it."""
         images_dir, masks_dir = pathlib.Path(images_dir), pathlib.Path(masks_dir)
         for d in (images_dir, masks_dir):
             if not d.is_dir():
                 raise DataError(f"segmentation source: folder not found: {d}")
-        self.name = name or images_dir.parent.name
-        self.class_names = list(class_names)
-        self.num_classes = len(self.class_names) + 1
-        self.files, self.mask_files = [], []
+        name = name or images_dir.parent.name
+        files, masks = [], []
         for n in sorted(os.listdir(images_dir)):
             if not n.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             mask = masks_dir / (pathlib.Path(n).stem + ".png")
             if not mask.is_file():
-                raise DataError(f"{self.name}: image {images_dir / n} has no mask {mask}")
-            self.files.append(str(images_dir / n))
-            self.mask_files.append(str(mask))
-        if not self.files:
-            raise DataError(f"{self.name}: no images (*.png, *.jpg, *.jpeg) in {images_dir}")
+                raise DataError(f"{name}: image {images_dir / n} has no mask {mask}")
+            files.append(images_dir / n)
+            masks.append(mask)
+        if not files:
+            raise DataError(f"{name}: no images (*.png, *.jpg, *.jpeg) in {images_dir}")
+        return cls(files, masks, class_names, name)
+
+    @classmethod
+    def voc(cls, root, split: str) -> "SegmentationSource":
+        """PASCAL VOC 2012 as users have it on disk: the ids of `ImageSets/Segmentation/<split>.txt`,
+        images `JPEGImages/<id>.jpg`, palette masks `SegmentationClass/<id>.png`, or, for a split
+        whose name holds "aug" (the augmented set's list, e.g. `train_aug`), `SegmentationClassAug/
+        <id>.png` (the aug set's masks as DeepLab distributes them). A missing list file, image or
+        mask is a `DataError` naming it."""
+        root = pathlib.Path(root).expanduser()
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not listing.is_file():
+            raise DataError(f"VOC split {split!r}: list file not found: {listing}")
+        masks_dir = root / ("SegmentationClassAug" if "aug" in split else "SegmentationClass")
+        ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+        files, masks = [], []
+        for n, i in enumerate(ids, 1):
+            image, mask = root / "JPEGImages" / f"{i}.jpg", masks_dir / f"{i}.png"
+            for f in (image, mask):
+                if not f.is_file():
+                    raise DataError(f"{listing}:{n}: {i!r} has no file {f}")
+            files.append(image)
+            masks.append(mask)
+        if not files:
+            raise DataError(f"{listing}: lists no image")
+        return cls(files, masks, VOC_CLASSES, name=f"VOC {split}")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -90,8 +131,9 @@ class SegmentationSource(SkipsCorruptImages):
 def world_segmentation_sources(world_scale: str, world_seed: int) -> tuple[SegmentationSource, SegmentationSource]:
     """(train, val) of the embedded world's scenes read as segmentation data (their semantic masks)."""
     root = pathlib.Path(ensure_world(world_scale, world_seed))
-    return tuple(SegmentationSource(root / "detection" / s / "images", root / "detection" / s / "masks",
-                                    DETECTION_NAMES, name=f"world {world_scale} {s}") for s in ("train", "val"))
+    return tuple(SegmentationSource.from_folders(root / "detection" / s / "images", root / "detection" / s / "masks",
+                                                 DETECTION_NAMES, name=f"world {world_scale} {s}")
+                 for s in ("train", "val"))
 
 
 def fit_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
-"""Detection sources named by params: the embedded world, a COCO-format folder, or tfds."""
+"""Detection sources named by params (`data.source`): the embedded world, a COCO-format folder, or
+tfds; `voc` names PASCAL VOC, which only the segmentation task reads."""
 from __future__ import annotations
 
 from stlib.data.coco import CocoSource, DataError
 from stlib.data.world import ensure_world, label_subset
+from stlib.config import ParamsError
 from stlib.registry import Registry
 
 
@@ -41,6 +43,13 @@ def tfds_sources(dp):
     train = TfdsCocoSource(dp.tfds_name, dp.train_split, dp.tfds_data_dir or None)
     val = TfdsCocoSource(dp.tfds_name, dp.val_split, dp.tfds_data_dir or None)
     return train, val
+
+
+@SOURCES.register("voc")
+def voc_sources(dp):
+    """PASCAL VOC is a segmentation dataset: `stlib.tasks.segmentation` reads it, not detection."""
+    raise ParamsError("data.source voc is PASCAL VOC's segmentation data: it trains a segmenter "
+                      "(model.head segmentation), not a detector")
 
 
 def build_detection_sources(dp):

@@ -21,7 +21,7 @@ import optax
 
 from stlib import config as cfg
 from stlib.augment import augment_batch, prepare_eval_batch
-from stlib.data.segmentation import IGNORE_LABEL, SegmentationData, world_segmentation_sources
+from stlib.data.segmentation import IGNORE_LABEL, SegmentationData, SegmentationSource, world_segmentation_sources
 from stlib.eval.miou import confusion_matrix, miou_from_confusion
 from stlib.losses import segmentation_loss
 from stlib.models.registry import create_model
@@ -70,6 +70,19 @@ def segmentation_eval_step(variables, batch, *, model, num_classes: int):
     return confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, IGNORE_LABEL)
 
 
+def segmentation_sources(dp: cfg.DataParams) -> tuple:
+    """(train, val) of `data.source`: world (the embedded world's scene masks) | voc (PASCAL VOC on
+    disk at `data.voc_root`, the list files `data.train_split` / `data.val_split`)."""
+    if dp.source == "world":
+        return world_segmentation_sources(dp.world_scale, dp.world_seed)
+    if dp.source == "voc":
+        if not dp.voc_root:
+            raise cfg.ParamsError("data.source voc needs data.voc_root (the folder with JPEGImages/, "
+                                  "SegmentationClass/ and ImageSets/Segmentation/)")
+        return SegmentationSource.voc(dp.voc_root, dp.train_split), SegmentationSource.voc(dp.voc_root, dp.val_split)
+    raise cfg.ParamsError(f"data.source {dp.source!r}: segmentation reads world or voc")
+
+
 @TASKS.register("segmentation")
 class SegmentationTask:
     """A segmentation run, in the shape `train_and_evaluate` drives; its metric is mIoU."""
@@ -78,13 +91,9 @@ class SegmentationTask:
 
     def __init__(self, params: cfg.Params, inputs: TaskInputs | None = None, progress: bool = True):
         self.params = p = params
-        if p.data.source != "world":
-            raise cfg.ParamsError(f"data.source {p.data.source!r}: segmentation reads the embedded world's scene "
-                                  "masks so far (PASCAL VOC folders and tfds come next)")
         self.inputs = inputs = resolve_inputs(p, inputs)
         self.mesh = inputs.mesh
-        self.train_source, self.val_source = inputs.sources or world_segmentation_sources(p.data.world_scale,
-                                                                                        p.data.world_seed)
+        self.train_source, self.val_source = inputs.sources or segmentation_sources(p.data)
         self.num_classes = self.train_source.num_classes
         self.class_names = ["background", *self.train_source.class_names]
         self.train_data = SegmentationData(self.train_source, p.data.image_size)

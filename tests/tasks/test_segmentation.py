@@ -24,7 +24,7 @@ def _folder(tmp_path, n=3, size=(40, 30)):
         mask[5:20, 4:15] = 2
         mask[0, :] = IGNORE_LABEL
         Image.fromarray(mask).save(tmp_path / "SegmentationClass" / f"{i:03d}.png")
-    return SegmentationSource(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
+    return SegmentationSource.from_folders(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
 
 
 def test_examples_are_fitted_and_padded_with_ignore(tmp_path):
@@ -49,7 +49,7 @@ def test_bad_masks_name_their_file(tmp_path):
         SegmentationData(src, 64).example(2)
     (tmp_path / "SegmentationClass" / "000.png").unlink()
     with pytest.raises(DataError, match=r"voc: image .*000.jpg has no mask .*000.png"):
-        SegmentationSource(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
+        SegmentationSource.from_folders(tmp_path / "JPEGImages", tmp_path / "SegmentationClass", ["cat", "dog"], name="voc")
 
 
 def _run(out, kill_at=-1):
@@ -87,3 +87,55 @@ def test_stlib_train_runs_a_segmentation_preset_through_its_notebook(tmp_path, c
     assert "mIoU 0." in out and "COCO AP" not in out
     (run,) = list((tmp_path / "runs").iterdir())
     assert (run / "predictions.png").stat().st_size > 5_000 and (run / "curves.png").is_file()
+
+
+def _voc(root, ids_train=("2007_000001", "2007_000002", "2007_000003"), ids_val=("2007_000010", "2007_000011")):
+    """A tiny PASCAL VOC 2012 folder: JPEGImages, palette SegmentationClass (VOC's colour map),
+    ImageSets/Segmentation lists; objects of classes 8 (cat) and 12 (dog) with 255 borders."""
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    palette = [0] * 768
+    for k in range(256):   # any palette: VOC's masks are read by index, not by colour
+        palette[3 * k: 3 * k + 3] = [(k * 37) % 256, (k * 91) % 256, (k * 53) % 256]
+    for i in (*ids_train, *ids_val):
+        h, w = int(rng.integers(40, 60)), int(rng.integers(40, 60))
+        img = rng.integers(0, 80, (h, w, 3), np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        mask[5:25, 5:25], img[5:25, 5:25] = 8, (230, 60, 60)
+        mask[26:38, 20:40], img[26:38, 20:40] = 12, (60, 200, 60)
+        mask[24:26, 5:25] = IGNORE_LABEL
+        Image.fromarray(img).save(root / "JPEGImages" / f"{i}.jpg")
+        pim = Image.fromarray(mask, mode="P")
+        pim.putpalette(palette)
+        pim.save(root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids_train) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids_val) + "\n")
+    return root
+
+
+def test_a_voc_layout_folder_trains_at_smoke_scale(tmp_path):
+    """PASCAL VOC as users have it (palette PNG masks, list files) trains the smoke segmenter on
+    its 21 classes; a list entry without its files, or a detector on VOC, is one clear error."""
+    from stlib import config as cfg
+    from stlib.data.segmentation import VOC_CLASSES
+    from stlib.experiments.assemble import build_task
+    from stlib.train.loop import train_and_evaluate
+    root = _voc(tmp_path / "VOC2012")
+    src = SegmentationSource.voc(root, "train")
+    assert len(src) == 3 and src.num_classes == 21 and src.class_names[7] == VOC_CLASSES[7] == "cat"
+    ex = SegmentationData(src, 64).example(0)
+    assert set(np.unique(ex["mask"]).tolist()) <= {0, 8, 12, IGNORE_LABEL} and 8 in ex["mask"]
+    p = cfg.load_params(SEG, ["data.source=voc", f"data.voc_root={root}", "data.val_split=val",
+                              "train.steps=4", "train.eval_every=4"])
+    task = build_task(p, progress=False)
+    m = train_and_evaluate(task, tmp_path / "run", progress=False)
+    assert m["status"] == "complete" and 0 <= m["mIoU"] <= 1 and task.num_classes == 21
+    (root / "ImageSets/Segmentation/val.txt").write_text("2007_000010\n2007_000099\n")
+    with pytest.raises(DataError, match=r"val.txt:2: '2007_000099' has no file .*JPEGImages/2007_000099.jpg"):
+        SegmentationSource.voc(root, "val")
+    with pytest.raises(DataError, match=r"VOC split 'train_aug': list file not found"):
+        SegmentationSource.voc(root, "train_aug")
+    with pytest.raises(cfg.ParamsError, match="data.source voc is PASCAL VOC's segmentation data"):
+        build_task(cfg.load_params("params/smoke/retinanet.yaml", ["data.source=voc", f"data.voc_root={root}"]),
+                   progress=False)
