@@ -139,3 +139,24 @@ def test_a_voc_layout_folder_trains_at_smoke_scale(tmp_path):
     with pytest.raises(cfg.ParamsError, match="data.source voc is PASCAL VOC's segmentation data"):
         build_task(cfg.load_params("params/smoke/retinanet.yaml", ["data.source=voc", f"data.voc_root={root}"]),
                    progress=False)
+
+
+def test_the_paper_segmentation_preset_is_the_published_b7_nasfpn():
+    """params/paper/segmentation.yaml builds REFERENCE §7.4's EfficientNet-B7 NAS-FPN segmenter
+    (71M published, counting the unused EfficientNet classifier head: 71.73M derived; 67.5M
+    without it), abstractly at 512 px: nothing paper-sized is allocated."""
+    import jax
+    import jax.numpy as jnp
+
+    from stlib import config as cfg
+    from stlib.models.registry import create_model
+    from stlib.train.state import count_params
+    p = cfg.load_params("params/paper/segmentation.yaml")
+    model = create_model(p.model, num_classes=21)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, 512, 512, 3), jnp.float32))
+    n = count_params(shapes["params"])
+    assert n == pytest.approx(71.73e6 - 4.20e6, rel=0.01)     # §7.4 without the classifier head (4.20M)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes,
+                            jax.ShapeDtypeStruct((1, 512, 512, 3), jnp.float32))
+    assert logits.shape == (1, 128, 128, 21)                  # stride 4 (REFERENCE §7.3)
