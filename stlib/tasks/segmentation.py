@@ -71,10 +71,11 @@ def segmentation_eval_step(variables, batch, *, model, num_classes: int):
 
 
 def segmentation_sources(dp: cfg.DataParams) -> tuple:
-    """(train, val) of `data.source`: world (the embedded world's scene masks) | voc (PASCAL VOC on
-    disk at `data.voc_root`, the list files `data.train_split` / `data.val_split`)."""
+    """(train, val) of `data.source`: world (the embedded world as PASCAL VOC: `data.train_split`
+    train | aug | train_aug, `stlib.data.segmentation.world_segmentation_source`) | voc (PASCAL VOC
+    on disk at `data.voc_root`, the list files `data.train_split` / `data.val_split`)."""
     if dp.source == "world":
-        return world_segmentation_sources(dp.world_scale, dp.world_seed)
+        return world_segmentation_sources(dp.world_scale, dp.world_seed, dp.train_split)
     if dp.source == "voc":
         if not dp.voc_root:
             raise cfg.ParamsError("data.source voc needs data.voc_root (the folder with JPEGImages/, "

@@ -160,3 +160,35 @@ def test_the_paper_segmentation_preset_is_the_published_b7_nasfpn():
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes,
                             jax.ShapeDtypeStruct((1, 512, 512, 3), jnp.float32))
     assert logits.shape == (1, 128, 128, 21)                  # stride 4 (REFERENCE §7.3)
+
+
+def test_noisy_masks_drop_small_objects_relabel_and_coarsen_deterministically():
+    from stlib.data.segmentation import MaskNoise, noisy_mask
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:30, 4:30] = 1                 # large object
+    mask[40:43, 40:43] = 2               # small object (9 px < 1% of 4096)
+    mask[50:60, 10:40] = 3
+    drop_all = MaskNoise(coarsen_frac=0, drop_small=1.0, wrong_class=0.0)
+    out = noisy_mask(mask, drop_all, 4, seed=0)
+    assert (out[40:43, 40:43] == 0).all() and (out[4:30, 4:30] == 1).all() and (out[50:60, 10:40] == 3).all()
+    relabel = noisy_mask(mask, MaskNoise(coarsen_frac=0, drop_small=0.0, wrong_class=1.0), 4, seed=0)
+    assert relabel[10, 10] not in (0, 1) and relabel[55, 20] not in (0, 3) and (relabel == 0).sum() == (mask == 0).sum()
+    coarse = noisy_mask(mask, MaskNoise(coarsen_frac=1 / 8, drop_small=0.0, wrong_class=0.0), 4, seed=0)
+    assert coarse.shape == mask.shape and (coarse != mask).any() and (coarse[8:24, 8:24] == 1).all()
+    again = noisy_mask(mask, MaskNoise(), 4, seed=[0, 7])
+    assert (again == noisy_mask(mask, MaskNoise(), 4, seed=[0, 7])).all()
+
+
+def test_the_world_as_pascal_voc_precise_train_noisy_aug_and_the_noise_measured():
+    from stlib.data.segmentation import mask_agreement, world_segmentation_source
+    split = {s: world_segmentation_source("smoke", 0, s) for s in ("train", "aug", "aug_truth", "train_aug", "val")}
+    assert {s: len(v) for s, v in split.items()} == {"train": 4, "aug": 28, "aug_truth": 28, "train_aug": 32, "val": 16}
+    assert not set(split["train"].files) & set(split["aug"].files)
+    assert split["train_aug"].files == split["train"].files + split["aug"].files
+    exact = mask_agreement(split["aug_truth"], split["aug_truth"])
+    noisy = mask_agreement(split["aug"], split["aug_truth"])
+    assert exact["mIoU"] == 1.0 and 0.3 < noisy["mIoU"] < 0.95 and noisy["images"] == 28
+    i = 0
+    hw = split["aug"].load_image(i).shape[:2]
+    assert (split["train_aug"].load_mask(4 + i, hw) == split["aug"].load_mask(i, hw)).all()   # aug part stays noisy
+    assert (split["train_aug"].load_mask(0, hw) == split["train"].load_mask(0, hw)).all()
