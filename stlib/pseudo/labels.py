@@ -6,8 +6,9 @@ in the pixels of the *original* image (``height`` x ``width``), classes are cont
 sigmoid scores. An image the labeller could not read has ``skipped`` set to the reason
 and no boxes, so a finished store accounts for every image of its source exactly once.
 
-``mask`` is reserved for the segmentation track (pseudo masks: uint8 ``[height, width]``
-class map with 255 = ignore); detection stores leave it None.
+``mask`` and ``mask_score`` are the segmentation track's (pseudo masks: uint8 ``[height, width]``
+class map with 255 = ignore, and each pixel's class probability as uint8); detection stores
+leave them None.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class ImageLabels:
     scores: np.ndarray         # float32 [n]
     skipped: str = ""          # non-empty: why the image has no labels (e.g. "corrupt: ...")
     mask: np.ndarray | None = None  # segmentation pseudo mask (uint8 [height, width], 255 = ignore)
+    # the teacher's probability of each mask pixel's class, quantized to uint8 (round(p * 255)), so
+    # a store keeps the ignore threshold open (`stlib.pseudo.masks`); None for detection stores
+    mask_score: np.ndarray | None = None
     content: str = ""          # `pixel_digest` of the image the labels were made on ("" = not recorded)
 
     def __post_init__(self):

@@ -16,6 +16,7 @@ applies the threshold.
 from __future__ import annotations
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,8 @@ from PIL import Image
 from stlib.augment import prepare_eval_batch
 from stlib.data.segmentation import IGNORE_LABEL
 from stlib.models.segmentation import legacy_resize_bilinear, segmentation_upsample_logits
+from stlib.pseudo.labels import ImageLabels, pixel_digest
+from stlib.pseudo.store import PseudoLabelStore
 
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)   # Sec. 3.2: multi-scale inference for pseudo masks
 THRESHOLD = 0.5                              # Sec. 3.2: below it a pixel is ignored
@@ -81,3 +84,55 @@ def pseudo_mask(probs: np.ndarray, threshold: float = THRESHOLD) -> tuple[np.nda
     mask = probs.argmax(axis=-1).astype(np.uint8)
     mask[score < threshold] = IGNORE_LABEL
     return mask, score
+
+
+def quantize(score: np.ndarray) -> np.ndarray:
+    """Probabilities [0, 1] -> uint8 round(p * 255), as a store keeps them."""
+    return np.round(np.clip(score, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def apply_threshold(labels: ImageLabels, threshold: float = THRESHOLD) -> np.ndarray:
+    """A stored pseudo mask at `threshold`: its class where the stored probability reaches it
+    (compared in the store's 1/255 steps), `IGNORE_LABEL` elsewhere."""
+    mask = np.asarray(labels.mask).copy()
+    if labels.mask_score is not None:
+        mask[labels.mask_score < int(np.ceil(threshold * 255 - 1e-6))] = IGNORE_LABEL
+    return mask
+
+
+def label_masks(teacher: MaskTeacher, source, store_root, *, meta: dict, shard_size: int = 64,
+                after_shard=None, progress: bool = True) -> PseudoLabelStore:
+    """Labels every image of `source` (a `stlib.data.segmentation.SegmentationSource`: its images,
+    not its masks) into a pseudo-label store at `store_root`: each image's most probable class
+    (`mask`, nothing ignored) and that class's probability (`mask_score`), so any threshold can be
+    applied later (`apply_threshold`; training uses Sec. 3.2's 0.5). Shards are written
+    atomically; a store left part-way (a kill) resumes with the shards it lacks, every image
+    exactly once. `meta` is the provenance the store is keyed by (teacher, source, scales...);
+    reopening with other provenance is refused. An unreadable image is a counted skip.
+    `after_shard(k)` runs after each shard (tests use it to stop part-way)."""
+    from tqdm.auto import tqdm
+    categories = [{"id": k, "name": n} for k, n in enumerate(source.class_names, 1)]
+    full = {**meta, "kind": "segmentation", "categories": categories, "scales": list(teacher.scales)}
+    store = PseudoLabelStore.create(store_root, full, len(source), shard_size)
+    todo = store.missing_shards()
+    bar = tqdm(total=len(source), initial=len(source) - sum(len(store.shard_range(k)) for k in todo),
+               desc="pseudo masks", unit="img", disable=not progress)
+    for k in todo:
+        labels = []
+        for i in store.shard_range(k):
+            key = pathlib.Path(source.files[i]).name
+            image = source.load_image_or_none(i)
+            if image is None:
+                labels.append(ImageLabels(i, key, 0, 0, np.zeros((0, 4)), [], [], skipped="corrupt image"))
+                continue
+            mask, score = pseudo_mask(teacher.probabilities(image), threshold=0.0)
+            labels.append(ImageLabels(i, key, image.shape[0], image.shape[1], np.zeros((0, 4)), [], [], mask=mask,
+                                      mask_score=quantize(score), content=pixel_digest(image)))
+            bar.update(1)
+        store.write_shard(k, labels)
+        if after_shard is not None:
+            after_shard(k)
+    bar.close()
+    if not store.complete:
+        store.mark_complete({"images_corrupt": source.stats.get("images_corrupt", 0)})
+    return store

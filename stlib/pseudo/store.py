@@ -20,7 +20,8 @@ concatenated boxes of the shard: ``boxes`` [M, 4] f32 (yxyx, original pixels),
 ``classes`` [M] i32 (1..K), ``scores`` [M] f32, and ``content`` [n] unicode (each image's
 pixel digest, `stlib.pseudo.labels.pixel_digest`: images are keyed by name and content). When any image of the shard has a
 segmentation pseudo mask: ``has_mask`` [n] bool, ``mask_png`` [B] uint8 (the masks as
-concatenated PNG files) and ``mask_offsets`` [n + 1] i64.
+concatenated PNG files) and ``mask_offsets`` [n + 1] i64; with the masks' class probabilities,
+``score_png`` and ``score_offsets`` alike (uint8 maps, round(p * 255)).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def _encode_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def _decode_png(data: np.ndarray, offsets: np.ndarray, j: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data[offsets[j]:offsets[j + 1]].tobytes())) as im:
+        return np.asarray(im, dtype=np.uint8)
 
 
 class PseudoLabelStore:
@@ -263,6 +269,9 @@ class PseudoLabelStore:
                 if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool) or (
                         mask.size and (mask.min() < 0 or mask.max() > 255)):
                     raise StoreError(f"{what}: mask must hold integers 0..255 (uint8), got dtype {mask.dtype}")
+            if label.mask_score is not None and (label.mask is None or np.shape(label.mask_score) != np.shape(label.mask)
+                                                 or np.asarray(label.mask_score).dtype != np.uint8):
+                raise StoreError(f"{what}: mask_score must be uint8 shaped like its mask")
 
     def write_shard(self, k: int, labels: Sequence[ImageLabels]) -> None:
         """Write shard ``k`` atomically: exactly one `ImageLabels` per index of ``shard_range(k)``,
@@ -289,6 +298,10 @@ class PseudoLabelStore:
             arrays["has_mask"] = np.array([label.mask is not None for label in labels], bool)
             arrays["mask_offsets"] = np.concatenate([[0], np.cumsum([len(p) for p in pngs])]).astype(np.int64)
             arrays["mask_png"] = np.frombuffer(b"".join(pngs), np.uint8)
+        if any(label.mask_score is not None for label in labels):
+            pngs = [b"" if label.mask_score is None else _encode_png(label.mask_score) for label in labels]
+            arrays["score_offsets"] = np.concatenate([[0], np.cumsum([len(p) for p in pngs])]).astype(np.int64)
+            arrays["score_png"] = np.frombuffer(b"".join(pngs), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         write_bytes_atomic(self.shard_path(k), buf.getvalue())
@@ -316,15 +329,15 @@ class PseudoLabelStore:
         out = []
         for j in range(len(a["index"])):
             s, e = int(starts[j]), int(ends[j])
-            mask = None
+            mask = score = None
             if "has_mask" in a and a["has_mask"][j]:
-                png = a["mask_png"][a["mask_offsets"][j]:a["mask_offsets"][j + 1]].tobytes()
-                with Image.open(io.BytesIO(png)) as im:
-                    mask = np.asarray(im, dtype=np.uint8)
+                mask = _decode_png(a["mask_png"], a["mask_offsets"], j)
+                if "score_png" in a and a["score_offsets"][j + 1] > a["score_offsets"][j]:
+                    score = _decode_png(a["score_png"], a["score_offsets"], j)
             out.append(ImageLabels(
                 index=int(a["index"][j]), key=str(a["key"][j]), height=int(a["height"][j]),
                 width=int(a["width"][j]), boxes=a["boxes"][s:e], classes=a["classes"][s:e],
-                scores=a["scores"][s:e], skipped=str(a["skipped"][j]), mask=mask,
+                scores=a["scores"][s:e], skipped=str(a["skipped"][j]), mask=mask, mask_score=score,
                 content=str(a["content"][j]) if "content" in a else "",
             ))
         return out

@@ -65,3 +65,40 @@ def test_multi_scale_averages_the_scales_at_the_original_size(segmenter):
     np.testing.assert_allclose(probs, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(each[0], each[-1])          # the scales see different things
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_pseudo_masks_go_to_a_store_that_resumes_and_keeps_the_threshold_open(segmenter, tmp_path):
+    """The world's aug split labelled into a store, killed after two shards and resumed: every
+    image exactly once, and the stored class + probability give Sec. 3.2's mask at 0.5 (and any
+    other threshold) as the teacher does directly, up to the store's 1/255 steps."""
+    from stlib.data.segmentation import world_segmentation_source
+    from stlib.pseudo.masks import apply_threshold, label_masks
+    from stlib.pseudo.store import PseudoLabelStore, StoreError
+    task, state = segmenter
+    teacher = MaskTeacher(task, state, scales=(0.5, 1.0))
+    source = world_segmentation_source("smoke", 0, "aug")
+    meta = {"teacher": "decisive smoke segmenter", "source": source.name}
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(k):
+        if k == 1:
+            raise Killed
+    with pytest.raises(Killed):
+        label_masks(teacher, source, tmp_path / "store", meta=meta, shard_size=8, after_shard=kill_after_two,
+                    progress=False)
+    assert PseudoLabelStore.open(tmp_path / "store").missing_shards() == [2, 3]
+    store = label_masks(teacher, source, tmp_path / "store", meta=meta, shard_size=8, progress=False)
+    labels = store.load()
+    assert store.complete and [x.index for x in labels] == list(range(28))
+    for x in labels[::9]:
+        probs = teacher.probabilities(source.load_image(x.index))
+        for t in (0.5, 0.3):
+            want, score = pseudo_mask(probs, threshold=t)
+            sure = np.abs(score - t) > 1 / 255
+            assert (apply_threshold(x, t)[sure] == want[sure]).all()
+        assert (apply_threshold(x, 0.5) == IGNORE_LABEL).any() or (score >= 0.5).all()
+    with pytest.raises(StoreError, match="different settings"):
+        label_masks(MaskTeacher(task, state, scales=(1.0,)), source, tmp_path / "store", meta=meta, shard_size=8,
+                    progress=False)
