@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from stlib.data.coco import DataError, SkipsCorruptImages, decode_image
+from stlib.data.coco import CorruptImageError, DataError, SkipsCorruptImages, decode_image
 from stlib.data.pipeline import IndexedBatches
+from stlib.data.identity import listing_digest
 from stlib.data.world import DETECTION_NAMES, ensure_world
 
 IGNORE_LABEL = 255   # PASCAL VOC's "void"; the segmentation loss and mIoU skip it
@@ -285,3 +286,42 @@ class SegmentationData(IndexedBatches):
         return {"image": img, "mask": mask, "image_hw": hw, "example_valid": np.bool_(True),
                 "boxes": np.zeros((1, 4), np.float32), "classes": np.zeros((1,), np.int32),
                 "valid": np.zeros((1,), np.bool_)}
+
+
+def segmentation_unlabeled(spec: str, dp) -> SegmentationSource:
+    """The images a segmentation teacher labels (`self_train.unlabeled`; their masks are never
+    read): `world:aug` (the world's aug split, PASCAL aug's part in Table 6 and 8) or `voc:<split>`
+    (a VOC list under `data.voc_root`, e.g. `voc:train_aug`)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "world" and rest in ("aug", "train", "val"):
+        return world_segmentation_source(dp.world_scale, dp.world_seed, rest)
+    if kind == "voc" and rest:
+        return SegmentationSource.voc(dp.voc_root, rest)
+    raise DataError(f"self_train.unlabeled {spec!r}: a segmentation student reads world:aug or voc:<split>")
+
+
+class PseudoMaskSource(SegmentationSource):
+    """The unlabeled images with a teacher's pseudo masks at `threshold` (`label` gives image i's
+    stored `ImageLabels`; `threshold(labels)` its mask, 255 where the teacher is unsure). An image
+    the labelling skipped is a counted skip, as a corrupt image."""
+
+    def __init__(self, images: SegmentationSource, label, to_mask, name: str):
+        super().__init__(images.files, images.mask_files, images.class_names, name)
+        self._label, self._to_mask = label, to_mask
+
+    def load_image(self, i: int) -> np.ndarray:
+        labels = self._label(i)
+        if labels.skipped or labels.mask is None:
+            raise CorruptImageError(f"{self.files[i]}: no pseudo mask ({labels.skipped or 'not labelled'})")
+        return super().load_image(i)
+
+    def load_mask(self, i: int, image_hw: tuple) -> np.ndarray:
+        mask = self._to_mask(self._label(i))
+        if mask.shape != tuple(image_hw):
+            raise DataError(f"{self.name}: the pseudo mask of {self.files[i]} is {mask.shape}, its image {image_hw}")
+        return mask
+
+
+def segmentation_source_identity(source: SegmentationSource) -> str:
+    """The images a source holds (their names and sizes, in order), the same on every machine."""
+    return listing_digest((pathlib.Path(f).name, os.stat(f).st_size) for f in source.files)[:16]

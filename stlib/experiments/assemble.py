@@ -13,6 +13,8 @@ This is the one place that resolves what a run takes from other runs, before any
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import jax
@@ -20,21 +22,29 @@ import jax
 from stlib import config as cfg
 from stlib import paths
 from stlib.data.pipeline import DetectionData
+from stlib.data.segmentation import (PseudoMaskSource, SegmentationData, segmentation_source_identity,
+                                     segmentation_unlabeled)
 from stlib.data.sources import build_detection_sources
 from stlib.experiments import inits
 from stlib.io import write_json_atomic
 from stlib.pseudo import classification as pseudo_cls
 from stlib.pseudo.data import PseudoLabeledSource
 from stlib.pseudo.label import make_pseudo_labels
+from stlib.pseudo.masks import SCALES as MASK_SCALES
+from stlib.pseudo.masks import MaskTeacher, apply_threshold, label_masks
+from stlib.pseudo.store import PseudoLabelStore
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.teacher import TeacherRun, check_same_classes
 from stlib.registry import check_choices
 from stlib.tasks import TaskInputs, task_for
 from stlib.tasks.pretrain import world_sources
+from stlib.tasks.segmentation import SegmentationTask
 from stlib.train import sharding
 from stlib.train.loop import train_and_evaluate
+from stlib.train.state import restore_variables
 
 DETECTION_HEAD = "retinanet"
+SEGMENTATION_HEAD = "segmentation"
 
 
 def build_task(params: cfg.Params, run_dir=None, progress: bool = True, outputs=None):
@@ -52,6 +62,8 @@ def build_task(params: cfg.Params, run_dir=None, progress: bool = True, outputs=
     inputs = TaskInputs(mesh=sharding.setup_mesh(p.train.batch_size, p.train.eval_batch_size), init=init)
     if teacher is not None:
         inputs = student_inputs(p, teacher, inputs, progress)
+    if p.self_train.teacher and p.model.head == SEGMENTATION_HEAD:
+        inputs = segmentation_student_inputs(p, inputs, progress)
     if p.model.head == "classification" and p.pretrain.method == "noisy_student":
         inputs = noisy_student_inputs(p, inputs, run_dir, outputs)
     return cls(p, inputs, progress)
@@ -88,6 +100,41 @@ def student_inputs(p: cfg.Params, teacher: TeacherRun, inputs: TaskInputs, progr
         summary = lambda: {"pseudo_labels": pseudo_provenance(store, st, pseudo)}  # noqa: E731
     start_from = teacher.variables() if st.student_init == "teacher" else None
     return dataclasses.replace(inputs, sources=sources, streams=streams, shares=shares, summary=summary,
+                               start_from=start_from, start_from_name=f"the teacher {teacher.dir}")
+
+
+def segmentation_store_dir(teacher: TeacherRun, meta: dict) -> Path:
+    """<outputs>/pseudo_labels/<teacher run id>-<hash of what the masks depend on>."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:8]
+    return teacher.dir.parent.parent / "pseudo_labels" / f"{teacher.run_id}-{digest}"
+
+
+def segmentation_student_inputs(p: cfg.Params, inputs: TaskInputs, progress: bool) -> TaskInputs:
+    """A segmentation student's inputs (Sec. 3.2): the teacher segmenter labels the unlabeled images
+    (`self_train.unlabeled`) by multi-scale inference into a store (made now, or resumed); the
+    pseudo stream takes its masks at `self_train.score_threshold` (0.5: less sure pixels are
+    ignored); the student starts from the teacher's weights (`self_train.student_init`)."""
+    st = p.self_train
+    teacher = TeacherRun(st.teacher, head=SEGMENTATION_HEAD)
+    images = segmentation_unlabeled(st.unlabeled, teacher.params.data)
+    meta = {"teacher": teacher.relative(), "teacher_digest": teacher.digest, "source": st.unlabeled,
+            "source_identity": segmentation_source_identity(images), "scales": list(MASK_SCALES)}
+    store_root = segmentation_store_dir(teacher, {k: v for k, v in meta.items() if k != "teacher"})
+    store = PseudoLabelStore.open(store_root) if (store_root / "store.json").is_file() else None
+    if store is None or not store.complete:
+        teacher_task = SegmentationTask(teacher.params, TaskInputs(mesh=inputs.mesh), progress=False)
+        state = restore_variables(teacher_task.init_state(), teacher.variables(), teacher_task.tx, inputs.mesh)
+        store = label_masks(MaskTeacher(teacher_task, state), images, store_root, meta=meta, progress=progress)
+    labels = {x.index: x for x in store.load()}
+    threshold = st.score_threshold
+    pseudo = PseudoMaskSource(images, labels.__getitem__, lambda x: apply_threshold(x, threshold),
+                              name=f"pseudo masks of {st.unlabeled}")
+    streams = {"pseudo": SegmentationData(pseudo, p.data.image_size)}
+    summary = lambda: {"pseudo_labels": {"store": paths.relative(store.root), "teacher": teacher.relative(),  # noqa: E731
+                                         "source": st.unlabeled, "threshold": threshold,
+                                         "images": len(images), "skipped": pseudo.stats["images_corrupt"]}}
+    start_from = teacher.variables() if st.student_init == "teacher" else None
+    return dataclasses.replace(inputs, streams=streams, shares={"pseudo": st.pseudo_ratio}, summary=summary,
                                start_from=start_from, start_from_name=f"the teacher {teacher.dir}")
 
 

@@ -23,21 +23,23 @@ def find_run(path: str | Path, what: str = "self_train.teacher") -> Path:
 
 
 class TeacherRun:
-    """A finished detection run used as a teacher: its folder, params, categories, best checkpoint.
+    """A finished run used as a teacher: its folder, params, categories, best checkpoint; a
+    detection run (`head` retinanet), or a segmentation run for a segmentation student.
 
-    Raises `ParamsError` naming the folder when it is not a detection run, has not finished,
+    Raises `ParamsError` naming the folder when it is not a run of `head`, has not finished,
     or has no best checkpoint.
     """
 
-    def __init__(self, path: str | Path, what: str = "self_train.teacher"):
+    def __init__(self, path: str | Path, what: str = "self_train.teacher", head: str = "retinanet"):
         self.dir = find_run(path, what)
         pfile = self.dir / "params.yaml"
         if not pfile.is_file():
             raise cfg.ParamsError(f"{what}: {self.dir} is not a run folder (no params.yaml)")
         self.params = cfg.load_params(pfile)
-        if self.params.model.head != "retinanet":
-            raise cfg.ParamsError(f"{what}: {self.dir} trained a {self.params.model.head} model; a teacher "
-                                  "must be a detection run (model.head retinanet)")
+        if self.params.model.head != head:
+            kind = "segmentation" if head == "segmentation" else "detection"
+            raise cfg.ParamsError(f"{what}: {self.dir} trained a {self.params.model.head} model; this teacher "
+                                  f"must be a {kind} run (model.head {head})")
         mfile = self.dir / "metrics.json"
         metrics = json.loads(mfile.read_text()) if mfile.is_file() else {}
         if metrics.get("status") != "complete":

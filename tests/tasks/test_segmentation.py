@@ -192,3 +192,43 @@ def test_the_world_as_pascal_voc_precise_train_noisy_aug_and_the_noise_measured(
     hw = split["aug"].load_image(i).shape[:2]
     assert (split["train_aug"].load_mask(4 + i, hw) == split["aug"].load_mask(i, hw)).all()   # aug part stays noisy
     assert (split["train_aug"].load_mask(0, hw) == split["train"].load_mask(0, hw)).all()
+
+
+def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path):
+    """Sec. 3.2's segmentation self-training at smoke scale: a teacher segmenter, its multi-scale
+    pseudo masks of the world's aug images in a store, a student that starts from the teacher on
+    half human, half pseudo batches with the normalized loss, and its provenance in metrics.json."""
+    import jax
+
+    from stlib import config as cfg
+    from stlib.experiments.assemble import build_task, train
+    from stlib.pseudo.store import PseudoLabelStore
+    from stlib.pseudo.teacher import TeacherRun
+    teacher_dir = tmp_path / "runs" / "teacher"   # sure of the background at least, so some pixels pass 0.5
+    train(cfg.load_params(SEG, ["train.steps=20", "train.base_lr=0.1", "train.eval_every=20",
+                                "train.checkpoint_every=20"]), teacher_dir, progress=False)
+    p = cfg.load_params(SEG, [f"self_train.teacher={teacher_dir}", "self_train.unlabeled=world:aug",
+                              "train.batch_size=8"])
+    task = build_task(p, progress=False)
+    assert task.train_data.sizes == {"human": 4, "pseudo": 4}
+    state = task.init_state()
+    teacher = TeacherRun(teacher_dir, head="segmentation").variables()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), teacher["params"])
+    batch = task.train_data.train_batch(0, 8, 0)
+    pseudo = batch["pseudo"]["mask"]
+    assert pseudo.shape == (4, 64, 64) and (pseudo != IGNORE_LABEL).any()
+    from stlib.train import sharding
+    state, m = task.train_step(state, sharding.shard_batch(batch, task.mesh))
+    m = jax.device_get(m)
+    for k in ("human/loss", "pseudo/loss", "pseudo/weight"):
+        assert np.isfinite(m[k]), k
+    np.testing.assert_allclose(m["loss"], m["human/loss"], rtol=1e-5)   # first step: equal averages
+    metrics = train(p, tmp_path / "runs" / "student", progress=False)
+    pl = metrics["pseudo_labels"]
+    assert pl["source"] == "world:aug" and pl["threshold"] == 0.5 and pl["images"] == 28
+    store = PseudoLabelStore.open(REPO / pl["store"] if not pl["store"].startswith("/") else pl["store"])
+    assert store.complete and len(store.load()) == 28 and store.meta["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    detector = next(d for d in sorted((REPO / "outputs" / "runs").iterdir()) if d.name.startswith("mini-retinanet"))
+    with pytest.raises(cfg.ParamsError, match="must be a segmentation run"):
+        build_task(cfg.load_params(SEG, [f"self_train.teacher={detector}", "self_train.unlabeled=world:aug"]),
+                   progress=False)
