@@ -28,6 +28,7 @@ from pathlib import Path
 from stlib import config as cfg
 from stlib import paths
 from stlib.data.identity import data_digest, file_digest, folder_digest
+from stlib.data.segmentation import segmentation_source_identity, segmentation_unlabeled
 from stlib.data.world import ensure_world
 from stlib.io import write_json_atomic
 from stlib.pseudo.sources import parse_unlabeled
@@ -71,8 +72,11 @@ def _strip_paths(p: cfg.Params) -> cfg.Params:
 
 
 def unlabeled_digest(p: cfg.Params) -> str:
-    """The identity of a student's unlabeled images (`self_train.unlabeled` of the teacher's world)."""
+    """The identity of a student's unlabeled images (`self_train.unlabeled` of the teacher's world;
+    a segmentation student's through `stlib.data.segmentation.segmentation_unlabeled`)."""
     st, d = p.self_train, p.data
+    if p.model.head == "segmentation":
+        return segmentation_source_identity(segmentation_unlabeled(st.unlabeled, d))
     return parse_unlabeled(st.unlabeled, d.world_scale, d.world_seed, d.tfds_data_dir).identity()
 
 

@@ -232,3 +232,20 @@ def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path):
     with pytest.raises(cfg.ParamsError, match="must be a segmentation run"):
         build_task(cfg.load_params(SEG, [f"self_train.teacher={detector}", "self_train.unlabeled=world:aug"]),
                    progress=False)
+
+
+def test_a_segmentation_students_run_id_covers_its_unlabeled_images(tmp_path):
+    """`stlib train` addresses a run by its params, data, teacher and unlabeled images: for a
+    segmentation student these are the world's aug images (not a detection pool)."""
+    from stlib import config as cfg
+    from stlib.experiments import identity
+    from stlib.experiments.assemble import train
+    teacher_dir = tmp_path / "teacher"
+    train(cfg.load_params(SEG, ["train.steps=3", "train.eval_every=3", "train.checkpoint_every=3"]), teacher_dir,
+          progress=False)
+    ident = identity.run_identity(cfg.load_params(SEG, [f"self_train.teacher={teacher_dir}",
+                                                        "self_train.unlabeled=world:aug"]))
+    other = identity.run_identity(cfg.load_params(SEG, [f"self_train.teacher={teacher_dir}",
+                                                        "self_train.unlabeled=world:val"]))
+    assert ident["unlabeled"] != other["unlabeled"] and ident["teacher"] == other["teacher"]
+    assert not identity.is_provisional(ident)
