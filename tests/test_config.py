@@ -81,7 +81,7 @@ def choice_error(path, overrides) -> str:
     ("data.source=s3", "data.source 's3': unknown detection source (known: world|coco|tfds|voc)"),
     ("train.optimizer=adam", "train.optimizer 'adam': unknown optimizer (known: sgd|lars)"),
     ("self_train.unlabeled=s3:bucket", "self_train.unlabeled 's3': unknown unlabeled source kind "
-                                       "(known: world|tfds|folder)"),   # its kind, the part before ':'
+                                       "(known: world|tfds|folder|voc)"),   # its kind, the part before ':'
 
 ])
 def test_bad_choices_name_the_field_and_the_known_names(override, message):

@@ -84,13 +84,19 @@ def _tfds_info_digest(name: str, data_dir: str) -> str:
     return sha256_bytes("".join(f"{p.relative_to(base)}:{file_digest(p)}\n" for p in infos).encode())
 
 
+# What a run starts from that does not exist yet (a teacher's checkpoint, data not on disk): a run
+# id holding it is provisional, so a plan can list the run before it can be made.
+PENDING = "pending:"
+
+
 def data_digest(dp) -> str:
     """The identity of what a detection run's `stlib.config.DataParams` read.
 
     - world: its generated annotation files (train and val), generating the world if needed;
     - coco: the annotation files' bytes and the image folders' listings (names and sizes);
     - tfds: the prepared dataset's `dataset_info.json` (version, splits, checksums);
-    - voc: PASCAL VOC's two list files and the listings of its image and mask folders.
+    - voc: PASCAL VOC's two list files and the listings of its image and mask folders (`PENDING`
+      while they are not on disk).
     The labelled fraction, its seed and `max_val_images` are params, hashed with them.
     """
     if dp.source == "world":
@@ -112,12 +118,10 @@ def data_digest(dp) -> str:
         parts = [_tfds_info_digest(dp.tfds_name, dp.tfds_data_dir)]
     elif dp.source == "voc":   # PASCAL VOC: its two list files, the images' and the masks' listings
         root = Path(dp.voc_root).expanduser()
-        parts = []
-        for split in (dp.train_split, dp.val_split):
-            listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-            if not listing.is_file():
-                raise DataError(f"data.voc_root: VOC list file {listing} does not exist")
-            parts.append(file_digest(listing))
+        lists = [root / "ImageSets" / "Segmentation" / f"{split}.txt" for split in (dp.train_split, dp.val_split)]
+        if not all(f.is_file() for f in lists):   # not on this machine (yet): listed by a plan, made once it is
+            return f"{PENDING}voc:{root}"
+        parts = [file_digest(f) for f in lists]
         parts += [folder_digest(d) for d in (root / "JPEGImages", root / "SegmentationClass",
                                             root / "SegmentationClassAug") if d.is_dir()]
     else:

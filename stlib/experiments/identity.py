@@ -27,14 +27,13 @@ from pathlib import Path
 
 from stlib import config as cfg
 from stlib import paths
-from stlib.data.identity import data_digest, file_digest, folder_digest
+from stlib.data.identity import PENDING, data_digest, file_digest, folder_digest
 from stlib.data.segmentation import segmentation_source_identity, segmentation_unlabeled
 from stlib.data.world import ensure_world
 from stlib.io import write_json_atomic
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.train.checkpoints import read_best_digest
 
-PENDING = "pending:"   # a checkpoint that does not exist yet (the id is provisional until it does)
 
 
 def checkpoint_digest(folder, require: bool = False) -> str:

@@ -289,7 +289,7 @@ def verdicts(result: Result, ours: dict) -> list[dict]:
 
 
 # --- the items `stlib reproduce` runs --------------------------------------------------------------
-ITEMS = ("figure1", "table2", "table3", "table4", "table5", "table7")   # notebooks/<item>.ipynb
+ITEMS = ("figure1", "table2", "table3", "table4", "table5", "table6", "table7", "table8")   # notebooks/<item>.ipynb
 
 
 def result_spec(item: str, scale: str) -> Path:

@@ -397,6 +397,12 @@ def _parse_folder(spec, rest, world_scale, world_seed, tfds_data_dir, forms):
     return FolderSource(rest, spec=spec)
 
 
+@UNLABELED.register("voc")
+def _parse_voc(spec, rest, world_scale, world_seed, tfds_data_dir, forms):
+    raise DataError(f"unlabeled source spec {spec!r}: voc:<split> is PASCAL VOC's images for a segmentation "
+                    "student (model.head segmentation); a detector labels one of: " + forms)
+
+
 def parse_unlabeled(spec: str, world_scale: str = "mini", world_seed: int = 0,
                     tfds_data_dir: str = "") -> UnlabeledSource:
     """The unlabeled source named by ``spec`` (``source.spec`` keeps the string).

@@ -74,7 +74,7 @@ def test_the_paper_scale_plan_needs_no_data(tmp_path, capsys, monkeypatch):
     # Figure 1: 3 inits x 6 settings (its S4 point is its 100% one); Table 2: + 4 students;
     # Table 3: + 8 students (its inits' runs are Figure 1's, its 100% Rand Init student Table 2's S4
     # one); Table 4: 4 ResNet-50 runs; Table 5: 4 SpineNet runs; Table 7: + 4 joint runs (its other
-    # cells are Table 3's 20% ones)
-    assert out.count("| to make |") == 18 + 4 + 8 + 4 + 4 + 4
+    # cells are Table 3's 20% ones); Tables 6 and 8: 4 and 6 segmentation runs (VOC not on disk)
+    assert out.count("| to make |") == 18 + 4 + 8 + 4 + 4 + 4 + 4 + 6
     assert "table7: Rand Init | w/ Joint Training | 0 |" in out and "| 120000 |" in out
     assert "table5: SpineNet-190 (1280) w/ Self-training | AP (val) | 0 |" in out and "| 185200 |" in out
