@@ -300,6 +300,18 @@ def segmentation_unlabeled(spec: str, dp) -> SegmentationSource:
     raise DataError(f"self_train.unlabeled {spec!r}: a segmentation student reads world:aug or voc:<split>")
 
 
+def segmentation_truth(spec: str, dp) -> SegmentationSource:
+    """The best masks known for the images `segmentation_unlabeled(spec, dp)` gives, in the same
+    order, to measure pseudo masks against: for `world:aug` the hidden truth behind the aug
+    split's noisy masks (`aug_truth`, never trained on), for `world:train` / `world:val` their
+    precise masks; for `voc:<split>` the split's own human masks (for an aug list, the aug set's
+    masks, themselves noisy)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "world" and rest == "aug":
+        return world_segmentation_source(dp.world_scale, dp.world_seed, "aug_truth")
+    return segmentation_unlabeled(spec, dp)
+
+
 class PseudoMaskSource(SegmentationSource):
     """The unlabeled images with a teacher's pseudo masks at `threshold` (`label` gives image i's
     stored `ImageLabels`; `threshold(labels)` its mask, 255 where the teacher is unsure). An image

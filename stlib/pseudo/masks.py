@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from stlib.augment import prepare_eval_batch
+from stlib.data.coco import DataError
 from stlib.data.segmentation import IGNORE_LABEL
 from stlib.models.segmentation import legacy_resize_bilinear, segmentation_upsample_logits
 from stlib.pseudo.labels import ImageLabels, pixel_digest
@@ -32,6 +33,9 @@ from stlib.pseudo.store import PseudoLabelStore
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)   # Sec. 3.2: multi-scale inference for pseudo masks
 THRESHOLD = 0.5                              # Sec. 3.2: below it a pixel is ignored
 SIZE_MULTIPLE = 32                           # the backbone's stride (data.image_size's rule)
+SCORE_LEVELS = 256                           # a store keeps a pixel's probability as round(p * 255)
+# Thresholds the quality table reports: 0 keeps every pixel (the teacher's own mIoU); 0.5 is Sec. 3.2's.
+QUALITY_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class MaskTeacher:
@@ -91,12 +95,17 @@ def quantize(score: np.ndarray) -> np.ndarray:
     return np.round(np.clip(score, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def score_level(threshold: float) -> int:
+    """The lowest stored probability level (0..255) that reaches `threshold`."""
+    return int(np.ceil(threshold * 255 - 1e-6))
+
+
 def apply_threshold(labels: ImageLabels, threshold: float = THRESHOLD) -> np.ndarray:
     """A stored pseudo mask at `threshold`: its class where the stored probability reaches it
     (compared in the store's 1/255 steps), `IGNORE_LABEL` elsewhere."""
     mask = np.asarray(labels.mask).copy()
     if labels.mask_score is not None:
-        mask[labels.mask_score < int(np.ceil(threshold * 255 - 1e-6))] = IGNORE_LABEL
+        mask[labels.mask_score < score_level(threshold)] = IGNORE_LABEL
     return mask
 
 
@@ -136,3 +145,70 @@ def label_masks(teacher: MaskTeacher, source, store_root, *, meta: dict, shard_s
     if not store.complete:
         store.mark_complete({"images_corrupt": source.stats.get("images_corrupt", 0)})
     return store
+
+
+# ----------------------------------------------------------------------------- how right they are
+
+def mask_counts(labels, truth) -> dict:
+    """Every pixel of the pseudo masks `labels` (a store's `ImageLabels`) that `truth` labels (a
+    `SegmentationSource` over the same images in the same order, e.g.
+    `stlib.data.segmentation.segmentation_truth`), counted by (true class, pseudo class, stored
+    probability level): `counts` int64 [K+1, K+1, 256], from which the confusion matrix at any
+    threshold is a sum over levels (`mask_quality`). Truth pixels labelled 255 are left out.
+    Images the labelling skipped are counted in `skipped`; a label whose key is not the truth's
+    file name is a `DataError` naming both (the store was made from other images)."""
+    k = truth.num_classes
+    counts = np.zeros(k * k * SCORE_LEVELS, np.int64)
+    images = skipped = 0
+    for lab in labels:
+        if lab.skipped or lab.mask is None:
+            skipped += 1
+            continue
+        i = int(lab.index)
+        name = pathlib.Path(truth.files[i]).name if i < len(truth) else None
+        if name != lab.key:
+            raise DataError(f"pseudo mask {i} is of {lab.key!r} but the truth's image {i} is {name!r} "
+                            f"({truth.name}): the store was labelled from other images")
+        pred = np.asarray(lab.mask)
+        t = truth.load_mask(i, pred.shape).ravel()
+        p = pred.ravel().astype(np.int64)
+        s = (np.full(p.shape, SCORE_LEVELS - 1, np.int64) if lab.mask_score is None
+             else np.asarray(lab.mask_score).ravel().astype(np.int64))
+        s = np.where(p == IGNORE_LABEL, 0, s)          # a mask stored already thresholded
+        p = np.minimum(np.where(p == IGNORE_LABEL, 0, p), k - 1)
+        ok = t != IGNORE_LABEL
+        counts += np.bincount((t[ok].astype(np.int64) * k + p[ok]) * SCORE_LEVELS + s[ok],
+                              minlength=counts.size)
+        images += 1
+    return {"counts": counts.reshape(k, k, SCORE_LEVELS), "images": images, "skipped": skipped}
+
+
+def confusion_at(counts: np.ndarray, threshold: float) -> np.ndarray:
+    """[K+1, K+1] pixels (rows truth, columns pseudo class) whose stored probability reaches `threshold`."""
+    return counts[:, :, score_level(threshold):].sum(-1)
+
+
+def class_iou(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU of a confusion matrix; NaN for a class neither in the truth nor predicted."""
+    tp = np.diag(confusion).astype(np.float64)
+    denom = confusion.sum(0) + confusion.sum(1) - tp
+    return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+
+
+def mask_quality(counts: np.ndarray, thresholds=QUALITY_THRESHOLDS) -> list[dict]:
+    """At each threshold, what Sec. 3.2's ignore rule trades: `covered` (the share of the truth's
+    labelled pixels the pseudo mask keeps), `accuracy` (the share of kept pixels whose class is
+    right) and `mIoU` (over the kept pixels, classes present in truth or pseudo mask, as
+    `stlib.eval.miou`). At threshold 0 every pixel is kept: the teacher's own mIoU on these
+    images. Ratios with nothing to count are None."""
+    total = int(counts.sum())
+    rows = []
+    for t in thresholds:
+        cm = confusion_at(counts, t)
+        kept, right = int(cm.sum()), int(np.trace(cm))
+        iou = class_iou(cm)
+        rows.append({"threshold": float(t), "pixels": kept,
+                     "covered": kept / total if total else None,
+                     "accuracy": right / kept if kept else None,
+                     "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else None})
+    return rows

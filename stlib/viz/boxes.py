@@ -1,11 +1,14 @@
-"""Images with predicted vs true boxes."""
+"""Images with predicted vs true boxes (and a segmenter's predicted vs true masks)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib.patches as patches
 import matplotlib.pyplot as plt
 import numpy as np
+
+from stlib.viz.masks import colour_mask
 
 
 def draw_detections(ax, image, gt_boxes=(), gt_classes=(), boxes=(), scores=(), classes=(), names=None,
@@ -58,14 +61,8 @@ def show_masks(exp, state, n: int = 6, save_to=None):
     """Segmentation predictions: per validation image, the image, the predicted classes and the
     true ones (ignored pixels white), one colour per class."""
     examples = exp.predict_masks(state, n)
-    num = exp.num_classes
-    cmap = plt.get_cmap("tab20", max(num, 2))
+    colour = functools.partial(colour_mask, num_classes=exp.num_classes)
     fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * max(len(examples), 1)), squeeze=False, dpi=72)
-
-    def colour(m):
-        rgb = cmap(np.clip(m, 0, num - 1) % cmap.N)[..., :3]
-        rgb[m == 255] = 1.0
-        return rgb
     for row, ex in zip(axes, examples):
         h, w = ex["image_hw"]
         for ax, img, title in zip(row, (ex["image"][:h, :w], colour(ex["pred"][:h, :w]), colour(ex["mask"][:h, :w])),

@@ -365,6 +365,8 @@ def explore_store(store_dir, out_dir=None, threshold: float = q.PAPER_THRESHOLD,
     out_dir = Path(out_dir) if out_dir else store_dir / "explorer"
     store = PseudoLabelStore.open(store_dir)
     meta = dict(store.meta)
+    if meta.get("kind") == "segmentation":
+        raise ValueError(f"{store_dir}: a store of pseudo masks, not boxes: open it with notebooks/pseudo_masks.ipynb")
     notes = []
     complete = getattr(store, "complete", meta.get("complete", False))
     meta["complete"] = bool(complete)

@@ -47,3 +47,36 @@ def fabricated_store(store_dir) -> Path:
     store.write_shard(1, labels[8:])
     store.mark_complete()
     return store_dir
+
+
+def fabricated_mask_store(store_dir) -> Path:
+    """Writes a complete store of pseudo masks for world:aug (smoke world, seed 0): each image's
+    hidden truth, where a pixel's stored probability below 0.5 gets a random class (so the less
+    sure pixels are the wrong ones, as a teacher's), one image skipped."""
+    from stlib.data.segmentation import IGNORE_LABEL, segmentation_source_identity, world_segmentation_source
+    images = world_segmentation_source("smoke", 0, "aug")
+    truth = world_segmentation_source("smoke", 0, "aug_truth")
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(len(images)):
+        key = Path(images.files[i]).name
+        if i == 3:
+            labels.append(ImageLabels(i, key, 0, 0, np.zeros((0, 4)), [], [], skipped="corrupt image"))
+            continue
+        image = images.load_image(i)
+        mask = truth.load_mask(i, image.shape[:2]).copy()
+        mask[mask == IGNORE_LABEL] = 0
+        score = rng.integers(60, 256, mask.shape).astype(np.uint8)
+        wrong = score < 128
+        mask[wrong] = rng.integers(0, truth.num_classes, int(wrong.sum()))
+        labels.append(ImageLabels(i, key, *mask.shape, np.zeros((0, 4)), [], [], mask=mask, mask_score=score))
+    cats = [{"id": k, "name": n} for k, n in enumerate(images.class_names, 1)]
+    store = PseudoLabelStore.create(Path(store_dir), meta={"kind": "segmentation", "categories": cats,
+                                                           "source": "world:aug", "teacher": "fabricated",
+                                                           "source_identity": segmentation_source_identity(images),
+                                                           "scales": [1.0]},
+                                    num_images=len(labels), shard_size=16)
+    for k in range(len(store.missing_shards())):
+        store.write_shard(k, [labels[i] for i in store.shard_range(k)])
+    store.mark_complete()
+    return Path(store_dir)
