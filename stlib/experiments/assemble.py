@@ -109,22 +109,31 @@ def segmentation_store_dir(teacher: TeacherRun, meta: dict) -> Path:
     return teacher.dir.parent.parent / "pseudo_labels" / f"{teacher.run_id}-{digest}"
 
 
-def segmentation_student_inputs(p: cfg.Params, inputs: TaskInputs, progress: bool) -> TaskInputs:
-    """A segmentation student's inputs (Sec. 3.2): the teacher segmenter labels the unlabeled images
-    (`self_train.unlabeled`) by multi-scale inference into a store (made now, or resumed); the
-    pseudo stream takes its masks at `self_train.score_threshold` (0.5: less sure pixels are
-    ignored); the student starts from the teacher's weights (`self_train.student_init`)."""
-    st = p.self_train
+def pseudo_mask_store(st: cfg.SelfTrainParams, mesh=None, progress: bool = True, make: bool = True):
+    """(store folder, store, teacher, images) of a segmentation student's pseudo masks (Sec. 3.2):
+    its teacher segmenter (`st.teacher`), the unlabeled images (`st.unlabeled`) and the store of
+    their masks from multi-scale inference, at <outputs>/pseudo_labels/<teacher>-<hash>. The store
+    is made, or a killed one resumed, unless `make` is False (then it may be None or incomplete)."""
     teacher = TeacherRun(st.teacher, head=SEGMENTATION_HEAD)
     images = segmentation_unlabeled(st.unlabeled, teacher.params.data)
     meta = {"teacher": teacher.relative(), "teacher_digest": teacher.digest, "source": st.unlabeled,
             "source_identity": segmentation_source_identity(images), "scales": list(MASK_SCALES)}
     store_root = segmentation_store_dir(teacher, {k: v for k, v in meta.items() if k != "teacher"})
     store = PseudoLabelStore.open(store_root) if (store_root / "store.json").is_file() else None
-    if store is None or not store.complete:
-        teacher_task = SegmentationTask(teacher.params, TaskInputs(mesh=inputs.mesh), progress=False)
-        state = restore_variables(teacher_task.init_state(), teacher.variables(), teacher_task.tx, inputs.mesh)
+    if make and (store is None or not store.complete):
+        teacher_task = SegmentationTask(teacher.params, TaskInputs(mesh=mesh), progress=False)
+        state = restore_variables(teacher_task.init_state(), teacher.variables(), teacher_task.tx, mesh)
         store = label_masks(MaskTeacher(teacher_task, state), images, store_root, meta=meta, progress=progress)
+    return store_root, store, teacher, images
+
+
+def segmentation_student_inputs(p: cfg.Params, inputs: TaskInputs, progress: bool) -> TaskInputs:
+    """A segmentation student's inputs (Sec. 3.2): the teacher segmenter labels the unlabeled images
+    (`self_train.unlabeled`) by multi-scale inference into a store (made now, or resumed); the
+    pseudo stream takes its masks at `self_train.score_threshold` (0.5: less sure pixels are
+    ignored); the student starts from the teacher's weights (`self_train.student_init`)."""
+    st = p.self_train
+    _, store, teacher, images = pseudo_mask_store(st, inputs.mesh, progress)
     labels = {x.index: x for x in store.load()}
     threshold = st.score_threshold
     pseudo = PseudoMaskSource(images, labels.__getitem__, lambda x: apply_threshold(x, threshold),

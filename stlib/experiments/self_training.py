@@ -9,12 +9,14 @@ writes that table next to the study's report.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from stlib import config as cfg
 from stlib import paths
 from stlib.experiments import runs
+from stlib.experiments.assemble import SEGMENTATION_HEAD, pseudo_mask_store
 from stlib.experiments.records import is_record
 from stlib.experiments.study import cell_params
 from stlib.io import write_json_atomic, write_text_atomic
@@ -186,11 +188,14 @@ def write_self_training_report(study, rows: list[dict], out_dir) -> Path:
     return out_dir
 
 
-def student_stores(rows: list[dict]) -> list[tuple]:
-    """(store folder, training threshold, world scale, world seed, teacher run folder, the student's
-    `self_train` params) of every student in `rows`, once each. The store is the one the student's params address in the run
-    cache, beside its teacher (which `rows` holds, made on this machine); a student read from a
-    record shares it when its run id matched, so the explorer never writes into a record."""
+def student_stores(rows: list[dict]) -> list[dict]:
+    """Every student's pseudo-label store in `rows`, once each: {"store" (its folder), "threshold"
+    (the student's training threshold), "data" (the teacher's data params: the world or VOC folder
+    the images come from), "teacher" (run folder), "st" (the student's `self_train`), "masks" (a
+    segmentation student's store of pseudo masks)}. The store is the one the student's params
+    address in the run cache, beside its teacher (which `rows` holds, made on this machine); a
+    student read from a record shares it when its run id matched, so the explorer never writes
+    into a record."""
     here = {Path(r["run_dir"]).name: Path(r["run_dir"]) for r in rows if not is_record(r["run_dir"])}
     seen, out = set(), []
     for r in rows:
@@ -201,28 +206,46 @@ def student_stores(rows: list[dict]) -> list[tuple]:
         teacher_dir = here.get(Path(st.teacher).name) or paths.find(st.teacher)
         if is_record(teacher_dir):
             continue   # no checkpoint to label with
-        store = default_store_dir(TeacherRun(teacher_dir), st.unlabeled, st.store_min_score, st.nms, st.max_images)
+        st = dataclasses.replace(st, teacher=str(teacher_dir))
+        masks = p.model.head == SEGMENTATION_HEAD
+        if masks:
+            store, _, teacher, _ = pseudo_mask_store(st, make=False)
+        else:
+            teacher = TeacherRun(teacher_dir)
+            store = default_store_dir(teacher, st.unlabeled, st.store_min_score, st.nms, st.max_images)
         if store in seen:
             continue
         seen.add(store)
-        out.append((store, float(st.score_threshold), p.data.world_scale, p.data.world_seed, teacher_dir, st))
+        out.append({"store": store, "threshold": float(st.score_threshold), "data": teacher.params.data,
+                    "teacher": teacher_dir, "st": st, "masks": masks})
     return out
 
 
 def explore_stores(rows: list[dict], num_images: int = 8) -> list[Path]:
-    """Executes notebooks/pseudo_labels.ipynb (papermill) for every student's store, into
-    `<store>/explorer/` (gallery, quality and worst-case PNGs, quality.json, the executed notebook).
-    A store that is missing or incomplete (a fresh clone, a student read from a record) is labelled
+    """Executes the pseudo-label explorer for every student's store, into `<store>/explorer/`:
+    notebooks/pseudo_labels.ipynb for boxes (gallery, quality and worst-case PNGs), and
+    notebooks/pseudo_masks.ipynb for a segmentation student's pseudo masks (gallery, the ignore
+    threshold's trade-off, per-class IoU); quality.json and the executed notebook with them. A
+    store that is missing or incomplete (a fresh clone, a student read from a record) is labelled
     first by its teacher."""
     done = []
-    for store, threshold, scale, seed, teacher_dir, st in student_stores(rows):
-        if not (store / "store.json").is_file() or not PseudoLabelStore.open(store).complete:
-            make_pseudo_labels(teacher_dir, st.unlabeled, min_score=st.store_min_score, nms=st.nms,
-                               max_images=st.max_images, store_dir=store)
+    for s in student_stores(rows):
+        store, st, dp = s["store"], s["st"], s["data"]
+        complete = (store / "store.json").is_file() and PseudoLabelStore.open(store).complete
+        params = {"STORE_DIR": paths.relative(store), "THRESHOLD": s["threshold"], "WORLD_SCALE": dp.world_scale,
+                  "WORLD_SEED": dp.world_seed}
+        if s["masks"]:
+            if not complete:
+                pseudo_mask_store(st)
+            notebook, params = "pseudo_masks.ipynb", {**params, "NUM_IMAGES": min(num_images, 6),
+                                                       "VOC_ROOT": dp.voc_root}
+        else:
+            if not complete:
+                make_pseudo_labels(s["teacher"], st.unlabeled, min_score=st.store_min_score, nms=st.nms,
+                                   max_images=st.max_images, store_dir=store)
+            notebook, params = "pseudo_labels.ipynb", {**params, "NUM_IMAGES": num_images}
         out = store / "explorer"
         out.mkdir(parents=True, exist_ok=True)
-        runs.execute("pseudo_labels.ipynb", out / "pseudo_labels.ipynb",
-                     {"STORE_DIR": paths.relative(store), "OUT_DIR": paths.relative(out), "THRESHOLD": threshold,
-                      "NUM_IMAGES": num_images, "WORLD_SCALE": scale, "WORLD_SEED": seed})
+        runs.execute(notebook, out / notebook, {**params, "OUT_DIR": paths.relative(out)})
         done.append(out)
     return done

@@ -24,7 +24,7 @@ from stlib.pseudo.store import PseudoLabelStore
 from stlib.viz.pseudo import save_figure
 
 DPI = 72
-FIGURE_FILES = {"quality": "mask_quality.png", "class_iou": "class_iou.png", "gallery": "mask_gallery.png"}
+FIGURE_FILES = {"quality": "quality.png", "class_iou": "class_iou.png", "gallery": "gallery.png"}   # as the box explorer's
 
 
 def colour_mask(mask, num_classes: int) -> np.ndarray:

@@ -228,6 +228,16 @@ def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path):
     assert pl["source"] == "world:aug" and pl["threshold"] == 0.5 and pl["images"] == 28
     store = PseudoLabelStore.open(REPO / pl["store"] if not pl["store"].startswith("/") else pl["store"])
     assert store.complete and len(store.load()) == 28 and store.meta["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    # the self-training study's explorer step finds the student's store and runs pseudo_masks.ipynb on it
+    from stlib.experiments.self_training import explore_stores
+    rows = [{"run_dir": str(tmp_path / "runs" / d)} for d in ("teacher", "student")]
+    (out,) = explore_stores(rows)
+    assert out == store.root / "explorer"
+    for f in ("gallery.png", "quality.png", "class_iou.png", "quality.json", "pseudo_masks.ipynb"):
+        assert (out / f).is_file(), f
+    report = json.loads((out / "quality.json").read_text())
+    assert report["images_measured"] == 28 and report["truth"] == "world smoke aug (truth)"
+    assert report["quality"][0]["threshold"] == 0.0 and report["quality"][0]["covered"] == 1.0
     detector = next(d for d in sorted((REPO / "outputs" / "runs").iterdir()) if d.name.startswith("mini-retinanet"))
     with pytest.raises(cfg.ParamsError, match="must be a segmentation run"):
         build_task(cfg.load_params(SEG, [f"self_train.teacher={detector}", "self_train.unlabeled=world:aug"]),
