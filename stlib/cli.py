@@ -321,7 +321,9 @@ def main(argv=None) -> int:
     iw.set_defaults(fn=cmd_import_weights)
     pb = sub.add_parser("publish", help="copy a finished run or study (its runs, stores' small files, report) from "
                                         "the run cache into outputs/, the repository's records")
-    pb.add_argument("path", help="a run folder (.cache/outputs/runs/<id>) or a study folder (.cache/outputs/studies/<name>)")
+    pb.add_argument("path", help="a run folder (.cache/outputs/runs/<id>), a study folder (.cache/outputs/studies/"
+                                 "<name>), a pseudo-label store (.cache/outputs/pseudo_labels/<name>) or a results "
+                                 "folder (.cache/outputs/paper/<scale>)")
     pb.add_argument("--replace", action="store_true", help="overwrite records that exist")
     pb.set_defaults(fn=cmd_publish)
     sh = sub.add_parser("show", help="a finished run's or study's headline numbers and where its figures are")

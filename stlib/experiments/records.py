@@ -172,7 +172,7 @@ def _is_paper_folder(path: Path) -> bool:
 
 def publish(path, replace: bool = False) -> list[Path]:
     """Publishes a run folder, a study folder (its report, its runs and their pseudo-label
-    stores' small files) or a results folder (`<outputs>/paper/<scale>/`: tables, figures, the
+    stores' small files), a pseudo-label store's small files (its explorer's figures) or a results folder (`<outputs>/paper/<scale>/`: tables, figures, the
     executed notebooks). Runs already recorded under the same id are left as they are unless
     `replace`. Returns the files written."""
     path = paths.find(path)
@@ -200,6 +200,13 @@ def publish(path, replace: bool = False) -> list[Path]:
         return written
     if (path / "params.yaml").is_file():
         return publish_run(path, replace)
+    if (path / "store.json").is_file():     # a pseudo-label store: store.json, quality and explorer figures
+        dst = paths.records_root() / "pseudo_labels" / path.name
+        if dst.exists() and not replace:
+            raise RecordError(f"record {paths.relative(dst)} exists; pass --replace to overwrite it")
+        if dst.exists():
+            shutil.rmtree(dst)
+        return _copy_tree(path, dst, _cache_prefix())
     if path.parent.name == "paper" and _is_paper_folder(path):   # `stlib reproduce`'s tables and figures
         dst = paths.records_root() / "paper" / path.name
         if dst.exists() and not replace:
@@ -208,4 +215,4 @@ def publish(path, replace: bool = False) -> list[Path]:
             shutil.rmtree(dst)
         return _copy_tree(path, dst, _cache_prefix())
     raise RecordError(f"{paths.relative(path)}: neither a run folder (params.yaml, metrics.json), a study "
-                      "folder (results.json) nor a results folder (<outputs>/paper/<scale>/ of `stlib reproduce`)")
+                      "folder (results.json), a pseudo-label store (store.json) nor a results folder (<outputs>/paper/<scale>/ of `stlib reproduce`)")

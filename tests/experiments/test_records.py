@@ -168,6 +168,18 @@ def test_publish_copies_small_files_and_refuses_to_overwrite(tmp_path, monkeypat
     (unfinished / "params.yaml").write_text("name: smoke-y\n")
     with pytest.raises(records.RecordError, match="not a finished run"):
         records.publish(unfinished)
+    store = tmp_path / "cache" / "pseudo_labels" / "smoke-x-1-abc"
+    (store / "shards").mkdir(parents=True)
+    (store / "shards" / "00000.npz").write_bytes(b"x")
+    (store / "explorer").mkdir()
+    for f in ("store.json", "explorer/quality.json", "explorer/gallery.png", "explorer/pseudo_masks.ipynb"):
+        (store / f).write_text("{}")
+    written = records.publish(store)
+    assert sorted(str(p.relative_to(tmp_path / "records")) for p in written) == [
+        "pseudo_labels/smoke-x-1-abc/explorer/gallery.png", "pseudo_labels/smoke-x-1-abc/explorer/quality.json",
+        "pseudo_labels/smoke-x-1-abc/store.json"]
+    with pytest.raises(records.RecordError, match="--replace"):
+        records.publish(store)
 
 
 def test_study_reads_a_run_from_a_record_with_the_same_id_but_makes_teachers_here(tmp_path, monkeypatch):
