@@ -201,6 +201,20 @@ WORLD_TRAIN_FRACTION = 0.14
 WORLD_SPLITS = ("train", "aug", "train_aug", "val")
 
 
+def world_train_count(num_scenes: int) -> int:
+    """The world's precise `train` split: a seeded `WORLD_TRAIN_FRACTION` of its labeled scenes."""
+    return max(1, round(WORLD_TRAIN_FRACTION * num_scenes))
+
+
+def world_split_size(num_scenes: int, split: str) -> int:
+    """Images in a training split of the world read as VOC (`world_segmentation_source`)."""
+    n_train = world_train_count(num_scenes)
+    sizes = {"train": n_train, "aug": num_scenes - n_train, "train_aug": num_scenes}
+    if split not in sizes:
+        raise DataError(f"data.train_split {split!r}: the world read as VOC trains on {', '.join(sizes)}")
+    return sizes[split]
+
+
 def world_segmentation_source(world_scale: str, world_seed: int, split: str,
                               noise: MaskNoise = MaskNoise()) -> SegmentationSource:
     """One split of the world read as PASCAL VOC: `train` (precise masks), `aug` (noisy masks,
@@ -216,7 +230,7 @@ def world_segmentation_source(world_scale: str, world_seed: int, split: str,
     scenes = SegmentationSource.from_folders(det / "train" / "images", det / "train" / "masks", DETECTION_NAMES,
                                              name=f"world {world_scale} scenes")
     order = np.random.default_rng([world_seed, 19]).permutation(len(scenes))
-    n_train = max(1, round(WORLD_TRAIN_FRACTION * len(scenes)))
+    n_train = world_train_count(len(scenes))
     train = subset(scenes, sorted(order[:n_train]), f"world {world_scale} train")
     aug_truth = subset(scenes, sorted(order[n_train:]), f"world {world_scale} aug (truth)")
     aug = NoisyMaskSource(aug_truth, noise, seed=world_seed, name=f"world {world_scale} aug")

@@ -21,6 +21,7 @@ import yaml
 from stlib import config as cfg
 from stlib import paths
 from stlib.data.mixture import split_batch
+from stlib.data.segmentation import world_split_size
 from stlib.data.world import label_subset, world_spec
 from stlib.experiments import runs
 from stlib.experiments.study import cell_params, plan
@@ -51,7 +52,7 @@ def cost_key(p: cfg.Params) -> str:
 
 
 def labeled_epochs(p: cfg.Params) -> float | None:
-    """Passes over the labeled training images that a detection run's steps make: steps x the
+    """Passes over the labeled training images that a detection or segmentation run's steps make: steps x the
     human examples of each batch (the batch less its pseudo-labelled or classification share) /
     the labeled images. The yardstick across scales: Sec. 3.2's 45k / 120k steps of 256 are
     97 / 260 passes over COCO's 118k. None where the count needs the data read (other sources
@@ -66,7 +67,10 @@ def labeled_epochs(p: cfg.Params) -> float | None:
         shares["classification"] = st.joint_ratio
     human = split_batch(p.train.batch_size, shares)["human"]
     n = world_spec(p.data.world_scale, p.data.world_seed).num_train
-    labeled = len(label_subset(range(n), p.data.label_fraction, p.data.label_seed))   # as sources.py selects them
+    if p.model.head == "segmentation":     # the world read as VOC: its train / aug / train_aug split
+        labeled = world_split_size(n, p.data.train_split)
+    else:
+        labeled = len(label_subset(range(n), p.data.label_fraction, p.data.label_seed))   # as sources.py selects them
     return p.train.steps * human / labeled
 
 

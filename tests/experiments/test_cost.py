@@ -1,4 +1,5 @@
 """Pricing a study's missing runs from the CPU time finished runs measured (stlib.experiments.cost)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,8 +7,10 @@ import sys
 import pytest
 
 from stlib import config as cfg
+from stlib.data.coco import DataError
 from stlib.experiments import cost
 from stlib.experiments import study as st
+from tests.conftest import REPO
 
 SMOKE = "params/smoke/retinanet.yaml"
 HERE = {"cpu": "Test CPU", "cores": 2, "simd": "avx2", "platform": "cpu", "device_kind": "cpu", "devices": 2,
@@ -105,6 +108,17 @@ def test_labeled_epochs_count_the_human_share_of_each_batch_over_the_labeled_ima
     p20 = _p("train.steps=40", "train.batch_size=8", "data.label_fraction=0.25", "self_train.teacher=x",
              "self_train.unlabeled=world:scenes")
     assert cost.labeled_epochs(p20) == pytest.approx(40 * 4 / 8)
+    # a segmenter counts its split of the world read as VOC: 14% of 32 = 4 precise train scenes,
+    # the 28 others aug (a student of batch 8 again takes 4 human images a step)
+    seg = cfg.load_params(REPO / "params/smoke/segmentation.yaml", ["train.steps=40"])
+    assert cost.labeled_epochs(seg) == pytest.approx(40 * 4 / 4)
+    assert cost.labeled_epochs(dataclasses.replace(seg, data=dataclasses.replace(seg.data, train_split="train_aug"))
+                               ) == pytest.approx(40 * 4 / 32)
+    assert cost.labeled_epochs(cfg.load_params(REPO / "params/smoke/segmentation.yaml", [
+        "train.steps=40", "train.batch_size=8", "self_train.teacher=x", "self_train.unlabeled=world:aug"])
+        ) == pytest.approx(40 * 4 / 4)
+    with pytest.raises(DataError, match="'val'"):
+        cost.labeled_epochs(dataclasses.replace(seg, data=dataclasses.replace(seg.data, train_split="val")))
     # Sec. 3.2's yardstick, on the paper's COCO: no count without reading the data
     assert cost.labeled_epochs(_p("data.source=coco", "data.train_ann=a.json", "data.train_images=i",
                                   "data.val_ann=b.json", "data.val_images=j")) is None
