@@ -27,7 +27,9 @@ from stlib.config import SelfTrainParams
 from stlib.data.world import ensure_world
 from stlib.eval.postprocess import NMS_METHODS
 from stlib.experiments import cost, paper
+from stlib.data.segmentation import segmentation_truth
 from stlib.experiments import study as st
+from stlib.experiments.assemble import pseudo_mask_store
 from stlib.experiments import runs
 from stlib.experiments.inits import DESCRIPTIONS, resolve_init, world_init_dir
 from stlib.experiments.records import publish
@@ -38,9 +40,11 @@ from stlib.models import weight_import as wi
 from stlib.models import zoo
 from stlib.pseudo import quality
 from stlib.pseudo.label import make_pseudo_labels
+from stlib.pseudo.masks import mask_counts, mask_quality
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.store import check_export_thresholds
 from stlib.pseudo.teacher import TeacherRun
+from stlib.viz.masks import quality_markdown
 
 
 def _print_result(run_dir, result: dict) -> None:
@@ -159,7 +163,27 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def _pseudo_masks(args) -> int:
+    """`stlib pseudo-label` with a segmentation teacher: its multi-scale pseudo masks of the
+    unlabeled images into a store, measured against the best masks known for them."""
+    if args.out or args.coco:
+        raise cfg.ParamsError("--out and --coco are for box stores; a store of pseudo masks lies beside its "
+                              "teacher (outputs/pseudo_labels/<teacher>-<hash>)")
+    root, store, teacher, _ = pseudo_mask_store(SelfTrainParams(teacher=args.teacher, unlabeled=args.unlabeled),
+                                                progress=not args.quiet)
+    labels = store.load()
+    print(f"store: {root}")
+    print(f"{len(labels)} images ({sum(1 for x in labels if x.skipped)} skipped)")
+    truth = segmentation_truth(args.unlabeled, teacher.params.data)
+    print(f"the pseudo masks against {truth.name}:")
+    print(quality_markdown(mask_quality(mask_counts(labels, truth)["counts"])))
+    print(f"see them: notebooks/pseudo_masks.ipynb with STORE_DIR={paths.relative(root)}")
+    return 0
+
+
 def cmd_pseudo_label(args) -> int:
+    if TeacherRun.head_of(args.teacher) == "segmentation":
+        return _pseudo_masks(args)
     check_export_thresholds(args.min_score, args.threshold)    # before any image is labelled
     NMS_METHODS.get(args.nms, what="--nms")
     shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
@@ -270,10 +294,12 @@ def main(argv=None) -> int:
     _run_options(rp, "each run in the item's kernel instead of its own notebook")
     rp.set_defaults(fn=cmd_reproduce)
     sl = sub.add_parser("pseudo-label", help="label an unlabeled source with a finished detection run (the teacher) "
-                                             "into a resumable pseudo-label store")
+                                             "into a resumable pseudo-label store; a segmentation teacher writes "
+                                             "pseudo masks (--unlabeled world:aug | voc:<split>)")
     sl.add_argument("teacher", help="the teacher's run folder, e.g. outputs/runs/mini-retinanet-<hash>")
     sl.add_argument("--unlabeled", required=True,
-                    help="world:objects | world:scenes | folder:<path> (or a path) | tfds:<name>:<split>")
+                    help="world:objects | world:scenes | folder:<path> (or a path) | tfds:<name>:<split>; "
+                         "for a segmentation teacher world:aug | voc:<split>")
     st = SelfTrainParams()   # the defaults of self_train.*, written there once
     sl.add_argument("--min-score", type=float, default=st.store_min_score,
                     help=f"keep boxes down to this score (default {st.store_min_score}: self_train.store_min_score)")

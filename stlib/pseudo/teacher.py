@@ -62,6 +62,12 @@ class TeacherRun:
         train, _ = build_detection_sources(self.params.data)
         return [{"id": c["id"], "name": c["name"]} for c in train.categories]
 
+    @staticmethod
+    def head_of(path, what: str = "self_train.teacher") -> str | None:
+        """The `model.head` of the run folder `path` names (None when it has no params.yaml)."""
+        pfile = find_run(path, what) / "params.yaml"
+        return cfg.load_params(pfile).model.head if pfile.is_file() else None
+
     def relative(self) -> str:
         """The folder as written into a student's params: repo-relative when inside the repo,
         so run ids do not depend on where the repository is checked out."""

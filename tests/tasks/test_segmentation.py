@@ -194,7 +194,7 @@ def test_the_world_as_pascal_voc_precise_train_noisy_aug_and_the_noise_measured(
     assert (split["train_aug"].load_mask(0, hw) == split["train"].load_mask(0, hw)).all()
 
 
-def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path):
+def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path, capsys):
     """Sec. 3.2's segmentation self-training at smoke scale: a teacher segmenter, its multi-scale
     pseudo masks of the world's aug images in a store, a student that starts from the teacher on
     half human, half pseudo batches with the normalized loss, and its provenance in metrics.json."""
@@ -238,6 +238,14 @@ def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path):
     report = json.loads((out / "quality.json").read_text())
     assert report["images_measured"] == 28 and report["truth"] == "world smoke aug (truth)"
     assert report["quality"][0]["threshold"] == 0.0 and report["quality"][0]["covered"] == 1.0
+    # `stlib pseudo-label` with a segmentation teacher reopens that store and measures it
+    from stlib.cli import main
+    assert main(["pseudo-label", str(teacher_dir), "--unlabeled", "world:aug", "--quiet"]) == 0
+    out_text = capsys.readouterr().out
+    assert f"store: {store.root}" in out_text and "28 images (0 skipped)" in out_text
+    assert "against world smoke aug (truth)" in out_text and "| 0.50 |" in out_text
+    assert main(["pseudo-label", str(teacher_dir), "--unlabeled", "world:aug", "--coco", "x.json"]) != 0
+    assert "--coco are for box stores" in capsys.readouterr().err
     detector = next(d for d in sorted((REPO / "outputs" / "runs").iterdir()) if d.name.startswith("mini-retinanet"))
     with pytest.raises(cfg.ParamsError, match="must be a segmentation run"):
         build_task(cfg.load_params(SEG, [f"self_train.teacher={detector}", "self_train.unlabeled=world:aug"]),
