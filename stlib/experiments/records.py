@@ -170,10 +170,19 @@ def _is_paper_folder(path: Path) -> bool:
     return False
 
 
+def _copy_record(path: Path, dst: Path, replace: bool) -> list[Path]:
+    """`path`'s small files as the record `dst`, which is replaced only with `replace`."""
+    if dst.exists() and not replace:
+        raise RecordError(f"record {paths.relative(dst)} exists; pass --replace to overwrite it")
+    if dst.exists():
+        shutil.rmtree(dst)
+    return _copy_tree(path, dst, _cache_prefix())
+
+
 def publish(path, replace: bool = False) -> list[Path]:
     """Publishes a run folder, a study folder (its report, its runs and their pseudo-label
-    stores' small files), a pseudo-label store's small files (its explorer's figures) or a results folder (`<outputs>/paper/<scale>/`: tables, figures, the
-    executed notebooks). Runs already recorded under the same id are left as they are unless
+    stores' small files), a pseudo-label store (store.json, quality, the explorer's figures) or a
+    results folder (`<outputs>/paper/<scale>/`: tables, figures, the executed notebooks). Runs already recorded under the same id are left as they are unless
     `replace`. Returns the files written."""
     path = paths.find(path)
     if (path / "results.json").is_file():
@@ -194,25 +203,13 @@ def publish(path, replace: bool = False) -> list[Path]:
                     sdst = paths.records_root() / "pseudo_labels" / store.name
                     if not sdst.exists() or replace:
                         written += _copy_tree(store, sdst, _cache_prefix())
-        if dst.exists():
-            shutil.rmtree(dst)
-        written += _copy_tree(path, dst, _cache_prefix())
-        return written
+        return written + _copy_record(path, dst, replace=True)
     if (path / "params.yaml").is_file():
         return publish_run(path, replace)
     if (path / "store.json").is_file():     # a pseudo-label store: store.json, quality and explorer figures
-        dst = paths.records_root() / "pseudo_labels" / path.name
-        if dst.exists() and not replace:
-            raise RecordError(f"record {paths.relative(dst)} exists; pass --replace to overwrite it")
-        if dst.exists():
-            shutil.rmtree(dst)
-        return _copy_tree(path, dst, _cache_prefix())
+        return _copy_record(path, paths.records_root() / "pseudo_labels" / path.name, replace)
     if path.parent.name == "paper" and _is_paper_folder(path):   # `stlib reproduce`'s tables and figures
-        dst = paths.records_root() / "paper" / path.name
-        if dst.exists() and not replace:
-            raise RecordError(f"record {paths.relative(dst)} exists; pass --replace to overwrite it")
-        if dst.exists():
-            shutil.rmtree(dst)
-        return _copy_tree(path, dst, _cache_prefix())
+        return _copy_record(path, paths.records_root() / "paper" / path.name, replace)
     raise RecordError(f"{paths.relative(path)}: neither a run folder (params.yaml, metrics.json), a study "
-                      "folder (results.json), a pseudo-label store (store.json) nor a results folder (<outputs>/paper/<scale>/ of `stlib reproduce`)")
+                      "folder (results.json), a pseudo-label store (store.json) nor a results folder "
+                      "(<outputs>/paper/<scale>/ of `stlib reproduce`)")
