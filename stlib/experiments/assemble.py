@@ -121,8 +121,10 @@ def pseudo_mask_store(st: cfg.SelfTrainParams, mesh=None, progress: bool = True,
     store_root = segmentation_store_dir(teacher, {k: v for k, v in meta.items() if k != "teacher"})
     store = PseudoLabelStore.open(store_root) if (store_root / "store.json").is_file() else None
     if make and (store is None or not store.complete):
-        teacher_task = SegmentationTask(teacher.params, TaskInputs(mesh=mesh), progress=False)
-        state = restore_variables(teacher_task.init_state(), teacher.variables(), teacher_task.tx, mesh)
+        tp = teacher.params   # its weights come from its checkpoint, not from the init it started from
+        tp = dataclasses.replace(tp, model=dataclasses.replace(tp.model, init="rand"))
+        teacher_task = SegmentationTask(tp, TaskInputs(mesh=mesh), progress=False)
+        state = restore_variables(teacher_task.init_state(), teacher.variables(), teacher_task.tx, teacher_task.mesh)
         store = label_masks(MaskTeacher(teacher_task, state), images, store_root, meta=meta, progress=progress)
     return store_root, store, teacher, images
 

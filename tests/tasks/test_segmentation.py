@@ -246,6 +246,13 @@ def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path, 
     assert "against world smoke aug (truth)" in out_text and "| 0.50 |" in out_text
     assert main(["pseudo-label", str(teacher_dir), "--unlabeled", "world:aug", "--coco", "x.json"]) != 0
     assert "--coco are for box stores" in capsys.readouterr().err
+    # a teacher that started from an init (its params.yaml names the init's folder) labels from its
+    # own checkpoint, without the init resolved again
+    pfile = teacher_dir / "params.yaml"
+    pfile.write_text(pfile.read_text().replace("init: rand", f"init: {teacher_dir}"))
+    assert cfg.load_params(pfile).model.init == str(teacher_dir)
+    assert main(["pseudo-label", str(teacher_dir), "--unlabeled", "world:val", "--quiet"]) == 0, capsys.readouterr().err
+    assert "against world smoke val" in capsys.readouterr().out
     detector = next(d for d in sorted((REPO / "outputs" / "runs").iterdir()) if d.name.startswith("mini-retinanet"))
     with pytest.raises(cfg.ParamsError, match="must be a segmentation run"):
         build_task(cfg.load_params(SEG, [f"self_train.teacher={detector}", "self_train.unlabeled=world:aug"]),
