@@ -55,7 +55,7 @@ def draw_mask_gallery(images, labels, truths, threshold: float, num_classes: int
         conf[low] = np.stack([0.5 + 0.5 * score[low], 0.25 * score[low], 0.25 * score[low]], -1)
         panels = (image, colour_mask(mask, num_classes), conf,
                   colour_mask(truth, num_classes) if truth is not None else None)
-        titles = (lab.key, f"pseudo mask at {threshold:.2f}: {low.mean():.0%} ignored", "confidence (red: ignored)",
+        titles = (lab.key, f"pseudo mask at {threshold:.2f}: {low.mean():.0%} ignored", "confidence (white: sure; red: ignored)",
                   "truth" if truth is not None else "no truth")
         for ax, panel, title in zip(axes[r], panels, titles):
             if panel is not None:
