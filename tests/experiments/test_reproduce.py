@@ -27,6 +27,7 @@ def test_reproduce_names_a_missing_spec(capsys):
     assert "no result spec params/mini/results/table2.yaml for table2 at the mini scale" in err
 
 
+@pytest.mark.slow   # 71 s warm, more on a fresh clone: the suite's 20-minute budget (all eight: below)
 def test_reproduce_renders_table5_beside_the_paper(tmp_path, capsys, monkeypatch):
     """Table 5 at smoke scale, one seed, end to end through notebooks/table5.ipynb: the SpineNet
     teacher, its pseudo labels on the scene pool, the student, then the table and its verdict,

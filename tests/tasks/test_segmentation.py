@@ -78,6 +78,7 @@ def test_a_segmentation_run_reports_miou_and_resumes_after_a_kill_to_the_same_nu
     assert la == pytest.approx(lb, rel=1e-6) and la[0] != la[-1]
 
 
+@pytest.mark.slow   # the train notebook runs in the default suite for detection; this is its segmentation path
 def test_stlib_train_runs_a_segmentation_preset_through_its_notebook(tmp_path, capsys):
     """`stlib train` (papermill, train.ipynb) on the smoke segmentation preset: the curves show
     mIoU, the predictions figure shows image, predicted and true masks, the summary prints mIoU."""
