@@ -195,11 +195,12 @@ def mark_failed(run_dir, exc: BaseException) -> None:
 
 def check_before_work(params: cfg.Params) -> None:
     """What can be checked before a run starts: every named component is registered, its teacher
-    is a finished detection run, its `model.init` folder holds a checkpoint of its backbone
+    is a finished detection (or, for a segmenter, segmentation) run, its `model.init` folder holds a checkpoint of its backbone
     (errors name the field or the folder)."""
     check_choices(params)
-    if params.self_train.teacher:
-        TeacherRun(params.self_train.teacher)
+    if params.self_train.teacher:   # a segmentation student's teacher is a segmentation run
+        TeacherRun(params.self_train.teacher, head=params.model.head if params.model.head == "segmentation"
+                   else "retinanet")
     if params.model.init != "rand":
         inits.check_init_folder(params)
 

@@ -363,7 +363,7 @@ def run_parallel(study: Study, outputs=None, jobs: int = 2, progress: bool = Tru
             p = cell_params(study, r["cell"], r["seed"], outputs)
             run_dir = runs.prepare_run_dir(p, outputs)
             st = p.self_train
-            if st.teacher and st.unlabeled:
+            if st.teacher and st.unlabeled and p.model.head != "segmentation":   # a segmenter labels in its run
                 store = store_dir_for(p)
                 if store not in stores:
                     stores[store] = ([sys.executable, "-m", "stlib.cli", "pseudo-label", st.teacher, "--unlabeled",

@@ -210,6 +210,8 @@ def test_a_segmentation_student_learns_from_its_teachers_pseudo_masks(tmp_path, 
                                 "train.checkpoint_every=20"]), teacher_dir, progress=False)
     p = cfg.load_params(SEG, [f"self_train.teacher={teacher_dir}", "self_train.unlabeled=world:aug",
                               "train.batch_size=8"])
+    from stlib.experiments.runs import check_before_work
+    check_before_work(p)       # a study checks a segmentation student's teacher as a segmentation run
     task = build_task(p, progress=False)
     assert task.train_data.sizes == {"human": 4, "pseudo": 4}
     state = task.init_state()
