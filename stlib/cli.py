@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from stlib import config as cfg
-from stlib import errors, paths, progress, registry
+from stlib import errors, launch, paths, progress, registry
 from stlib.config import SelfTrainParams
 from stlib.data.world import ensure_world
+from stlib.devices import MultiProcessError
 from stlib.eval.postprocess import NMS_METHODS
 from stlib.experiments import cost, paper
 from stlib.data.segmentation import segmentation_truth
@@ -44,6 +46,7 @@ from stlib.pseudo.masks import mask_counts, mask_quality
 from stlib.pseudo.sources import parse_unlabeled
 from stlib.pseudo.store import check_export_thresholds
 from stlib.pseudo.teacher import TeacherRun
+from stlib.train import sharding
 from stlib.viz.masks import quality_markdown
 
 
@@ -252,6 +255,47 @@ def _run_options(parser, direct_help: str = "run in this process instead of thro
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _processes_option(parser) -> None:
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run as N JAX processes on this machine joined by jax.distributed, the multi-host code "
+                             "path (implies --direct; the CPU's cores are split between them)")
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            out.append(a)
+    return out
+
+
+def _multiprocess(args, argv: list[str]) -> int | None:
+    """`--processes N`: launches the command as N processes (`stlib.launch`). In a process of a
+    multi-process job (JAX_NUM_PROCESSES > 1, or STLIB_MULTIHOST=1 on a pod), joins the job before
+    any JAX work. Returns the launcher's exit status, or None to run the command here."""
+    n = getattr(args, "processes", 1)
+    joined = int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or os.environ.get("STLIB_MULTIHOST") == "1"
+    if n > 1:
+        if joined:
+            raise MultiProcessError("--processes: this process is already one of a multi-process job (JAX_NUM_PROCESSES / "
+                             "STLIB_MULTIHOST set); leave out --processes")
+        child = _without_processes(argv)
+        return launch.run_processes(child + ([] if "--direct" in child or not hasattr(args, "direct")
+                                             else ["--direct"]), n)
+    if n < 1:
+        raise MultiProcessError(f"--processes must be at least 1, got {n}")
+    if joined:
+        if hasattr(args, "direct") and not args.direct:
+            raise MultiProcessError("a multi-process job runs in its processes: add --direct (a notebook's kernel would be "
+                             "another process, outside the job)")
+        sharding.maybe_initialize_distributed()
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="stlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -259,11 +303,13 @@ def main(argv=None) -> int:
     t.add_argument("params", help="a params YAML file, e.g. params/mini/retinanet.yaml")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
     _run_options(t)
+    _processes_option(t)
     t.set_defaults(fn=cmd_train)
     pt = sub.add_parser("pretrain", help="pre-train a backbone on the classification set (runs notebooks/pretrain.ipynb)")
     pt.add_argument("params", help="a params YAML file, e.g. params/mini/pretrain.yaml")
     pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)")
     _run_options(pt)
+    _processes_option(pt)
     pt.set_defaults(fn=cmd_pretrain)
     it = sub.add_parser("inits", help="make the named inits (imagenet, imagenet++, simclr) of an embedded world "
                                       "that do not exist yet (pre-training runs through notebooks/pretrain.ipynb)")
@@ -312,6 +358,7 @@ def main(argv=None) -> int:
     sl.add_argument("--out", default=None, help="store folder (default: outputs/pseudo_labels/<teacher>-<hash>)")
     sl.add_argument("--coco", default=None, help="also export the boxes >= --threshold as COCO json here")
     sl.add_argument("--quiet", action="store_true", help="no progress bar")
+    _processes_option(sl)
     sl.set_defaults(fn=cmd_pseudo_label)
     se = sub.add_parser("self-train", help="a self-training study: teacher -> pseudo labels -> student, with teacher "
                                            "vs student AP and pseudo-label quality (runs notebooks/self_train.ipynb)")
@@ -355,8 +402,12 @@ def main(argv=None) -> int:
     sh = sub.add_parser("show", help="a finished run's or study's headline numbers and where its figures are")
     sh.add_argument("path", help="a run folder (runs/<id>) or a study folder (studies/<name>), cache or records")
     sh.set_defaults(fn=cmd_show)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     try:
+        launched = _multiprocess(args, argv)
+        if launched is not None:
+            return launched
         # runs inside nested notebooks and worker processes report their progress here (stlib.progress)
         with progress.watch(enabled=not getattr(args, "quiet", False)):
             return args.fn(args)

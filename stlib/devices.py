@@ -14,7 +14,18 @@ FLAG = "--xla_force_host_platform_device_count"
 GPU_MEMORY_VARS = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
 
 
+class MultiProcessError(ValueError):
+    """A multi-process job described wrongly (`--processes`, JAX_NUM_PROCESSES and friends)."""
+
+
+# XLA_FLAGS as the user left it, before `configure_host_devices` (None: unset); processes launched
+# from here (`stlib.launch`) start from it, to get their own share of the cores
+USER_XLA_FLAGS: str | None = None
+
+
 def configure_host_devices() -> None:
+    global USER_XLA_FLAGS
+    USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
     flags = os.environ.get("XLA_FLAGS", "")
     if FLAG in flags:
         return

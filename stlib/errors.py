@@ -30,6 +30,7 @@ KINDS = {
     "RecordError": "record error",
     "StoreError": "pseudo-label store error",
     "ShowError": "not a result",
+    "MultiProcessError": "multi-process job",
 }
 _DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
          errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system"}

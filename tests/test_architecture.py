@@ -24,7 +24,7 @@ LAYERS = (
     ("stlib.pseudo",),                           # labelling with tasks.detection.Detector, the store
     ("stlib.experiments",),                      # inits, assembling runs, runs, studies, records
     ("stlib.viz",),
-    ("stlib.cli", "stlib.notebook_setup"),        # the command line; the notebooks' setup cell
+    ("stlib.cli", "stlib.launch", "stlib.notebook_setup"),   # the command line, its --processes launcher; the notebooks' setup cell
 )
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32)  # REFERENCE §3.1 normalization
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32)
+# numpy, not jax arrays: a jax array made on import would start the XLA backend before a
+# multi-process job could join (`jax.distributed.initialize` must come first)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # REFERENCE §3.1 normalization
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IGNORE_LABEL = 255
 MIN_BOX_SIDE = 1.0  # our choice: boxes thinner than 1 px after cropping are dropped, not kept as slivers
 

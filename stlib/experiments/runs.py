@@ -20,6 +20,7 @@ from stlib.experiments import assemble, identity, inits
 from stlib.io import RunInProgressError, machine, write_json_atomic, write_text_atomic
 from stlib.pseudo.teacher import TeacherRun
 from stlib.registry import check_choices
+from stlib.train import sharding
 
 
 def default_outputs() -> Path:
@@ -40,8 +41,9 @@ def prepare_run_dir(params: cfg.Params, outputs=None) -> Path:
     """The run folder of `params` (inits resolved), made, with params.yaml and identity.json."""
     run_dir = resolve_run_dir(params, outputs=outputs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "params.yaml", cfg.dump_params(params))
-    identity.write_identity(run_dir, params)
+    if sharding.is_main_process():   # the other processes of a multi-process run write nothing
+        write_text_atomic(run_dir / "params.yaml", cfg.dump_params(params))
+        identity.write_identity(run_dir, params)
     return run_dir
 
 

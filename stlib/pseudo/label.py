@@ -137,6 +137,7 @@ def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float 
         # shards themselves (skipped), also across a resume
         store.mark_complete({"source_non_image_files": int(source.stats.get("non_image_files", 0)),
                              "source_name": source.name})
+    sharding.barrier(f"{root.name} complete")   # the others read the store process 0 completed
     return store
 
 

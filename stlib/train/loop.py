@@ -53,8 +53,9 @@ class MetricsLog:
     included), so a resumed run still reports its total time.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, write: bool = True):
         self.path = Path(path)
+        self.write = write   # False in the other processes of a multi-process run: they keep the entries
         self.entries = []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -66,11 +67,14 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         self.entries = [e for e in self.entries if e["step"] <= step]
-        write_text_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
+        if self.write:
+            write_text_atomic(self.path, "".join(json.dumps(e) + "\n" for e in self.entries))
 
     def append(self, entry: dict) -> None:
         entry = to_jsonable(entry)
         self.entries.append(entry)
+        if not self.write:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
@@ -143,7 +147,9 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
     state = exp.init_state()
     ckpts = Checkpoints(run_dir / "checkpoints", keep=tp.keep_checkpoints)
     state, start = ckpts.restore_latest(state)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    # every process keeps the log (early stopping reads it, and all must stop at the same step);
+    # only the main one writes it
+    log = MetricsLog(run_dir / "metrics.jsonl", write=is_main)
     log.truncate_after(start)
     ckpts.drop_best_after(start)
     evals = log.evals()
@@ -186,9 +192,8 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                         f"Last good checkpoint: step {good} in {ckpts.dir / 'latest'}.")
                 m["lr"] = float(lr_fn(step - 1))
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.3g}", refresh=False)
-                if is_main:
-                    log.append({"kind": "train", "step": step, **m})
-                    _write_scalars(writer, "train", step, m)
+                log.append({"kind": "train", "step": step, **m})
+                _write_scalars(writer, "train", step, m)
             if is_eval:
                 ev = exp.evaluate(state)
                 reporter.update(step, force=True, metric=metric, value=ev.get(metric), eval_step=step)
@@ -196,9 +201,8 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                 if improved:
                     best_score = _score(ev, metric)
                     ckpts.save_best(step, state)
-                if is_main:
-                    log.append({"kind": "eval", "step": step, **ev})
-                    _write_scalars(writer, "val", step, ev)
+                log.append({"kind": "eval", "step": step, **ev})
+                _write_scalars(writer, "val", step, ev)
                 shown = "  ".join(f"{k} {ev[k]:.4f}" for k in exp.metric_keys[:2] if ev.get(k) is not None)
                 bar.write(f"step {step}: val {shown}" + (" (best)" if improved else ""))
             if is_ckpt:
@@ -247,6 +251,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
     if is_main:
         write_json_atomic(run_dir / "metrics.json", result)
     ckpts.close()
+    sharding.barrier(f"{run_dir.name} finished")
     return result
 
 

@@ -10,19 +10,49 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from stlib.devices import MultiProcessError
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when the environment describes one (`jax.distributed`).
+    """Joins a multi-process job when the environment describes one (`jax.distributed`).
 
-    On Cloud TPU pods and SLURM/Open MPI clusters `jax.distributed.initialize()` finds the
-    coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID. A single host does nothing.
+    JAX_NUM_PROCESSES > 1 names the job explicitly: JAX_COORDINATOR_ADDRESS (host:port of process
+    0) and JAX_PROCESS_ID (0..N-1) must be set too, as `stlib train --processes N` sets them for
+    processes on one machine, or a launcher on a GPU cluster. STLIB_MULTIHOST=1 leaves the job to
+    JAX's own detection (Cloud TPU pods, SLURM, Open MPI). Otherwise (one process) it does nothing.
+    Call it before any JAX computation: the processes agree on the devices when the backend starts.
     """
-    if int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1 or os.environ.get("STLIB_MULTIHOST") == "1":
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
+    n = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if jax.distributed.is_initialized() or (n <= 1 and os.environ.get("STLIB_MULTIHOST") != "1"):
+        return
+    if n <= 1:
+        jax.distributed.initialize()
+        return
+    missing = [v for v in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID") if not os.environ.get(v)]
+    if missing:
+        raise MultiProcessError(f"JAX_NUM_PROCESSES={n} needs {' and '.join(missing)} set as well "
+                         "(the coordinator's host:port, and this process's index 0..N-1)")
+    pid = int(os.environ["JAX_PROCESS_ID"])
+    if not 0 <= pid < n:
+        raise MultiProcessError(f"JAX_PROCESS_ID={pid} must be in 0..{n - 1} (JAX_NUM_PROCESSES={n})")
+    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=n,
+                               process_id=pid)
+
+
+def is_main_process() -> bool:
+    """Process 0 of a multi-process job, or the only process; does not start the XLA backend when
+    no job was joined (a GPU backend started in a parent would take the memory its notebook needs)."""
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process of a multi-process job gets here (nothing with one process): where
+    process 0 writes files that the others read next (a run's metrics, a finished store)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def create_mesh(devices=None) -> Mesh:
