@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
+from stlib.models.depthwise import DepthwiseConv
 
 # (output level, combine fn, (input index 0, input index 1), is_output); REFERENCE §7.1.
 NASFPN_BLOCK_SPECS = (
@@ -82,9 +83,7 @@ class ConvOp(nn.Module):
         if not self.separable:
             return nn.Conv(self.features, k, padding="SAME", kernel_init=_KERNEL_INIT, dtype=self.dtype,
                            name="conv")(x)
-        cin = x.shape[-1]
-        x = nn.Conv(cin, k, padding="SAME", feature_group_count=cin, use_bias=False, kernel_init=_KERNEL_INIT,
-                    dtype=self.dtype, name="depthwise")(x)
+        x = DepthwiseConv(self.kernel_size, kernel_init=_KERNEL_INIT, dtype=self.dtype, name="depthwise")(x)
         return nn.Conv(self.features, (1, 1), kernel_init=_KERNEL_INIT, dtype=self.dtype, name="pointwise")(x)
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stlib.config import ModelParams
-from stlib.models import registry
+from stlib.models import depthwise, registry
 from stlib.models.registry import create_model
 
 
@@ -171,9 +171,10 @@ def measure(entry: ZooEntry, size: Optional[int] = None) -> dict:
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False))
     apply = functools.partial(model.apply, train=False)
-    jaxpr = jax.make_jaxpr(apply)(variables, x)
+    with depthwise.forced("conv"):   # count depthwise layers as the grouped convolutions they are
+        jaxpr = jax.make_jaxpr(apply)(variables, x)
+        cost = jax.jit(apply).lower(variables, x).cost_analysis()
     n_params, madds = _param_count(variables["params"]), count_madds(jaxpr.jaxpr)
-    cost = jax.jit(apply).lower(variables, x).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     if entry.unused_classifier_head:

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stlib.models.depthwise import DepthwiseConv
+
 # REFERENCE §5.1: (repeats, kernel, stride, expand ratio, in filters, out filters) per stage 1..7.
 BASE_BLOCKS = (
     (1, 3, 1, 1, 32, 16),
@@ -176,9 +178,7 @@ class MBConv(nn.Module):
         inputs = x
         if self.expand != 1:
             x = nn.swish(norm(name="expand_bn")(conv(mid, (1, 1), name="expand_conv")(x)))
-        x = nn.Conv(mid, (self.kernel, self.kernel), (self.stride, self.stride), padding="SAME",
-                    feature_group_count=mid, use_bias=False, dtype=self.dtype, kernel_init=DEPTHWISE_INIT,
-                    name="dwconv")(x)
+        x = DepthwiseConv(self.kernel, self.stride, dtype=self.dtype, kernel_init=DEPTHWISE_INIT, name="dwconv")(x)
         x = nn.swish(norm(name="bn")(x))
         # Squeeze-excitation; width from the block input filters (REFERENCE §5.2 "SE width").
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
