@@ -191,16 +191,18 @@ def _section(args, rows, steps, reps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, path: Path = RESULTS) -> None:
+def write_section(section: str, path: Path = RESULTS, heading: str = HEADING, script: str = "conv_grad.py") -> None:
+    """Puts `section` (a "### date · machine" block) under `heading` in `path`, replacing the section
+    with the same first line (a rerun on the same date and machine); the heading is made if missing."""
     text = path.read_text() if path.exists() else ""
-    if HEADING not in text:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\nSections are written by `python benchmarks/conv_grad.py " \
+    if heading not in text:
+        text = text.rstrip("\n") + f"\n\n{heading}\n\nSections are written by `python benchmarks/{script} " \
                "--write`; each is one run on the machine in its heading (what is measured: the script's " \
                "docstring). A rerun on the same date and machine replaces its section.\n\n"
     head = section.splitlines()[0]
     parts = re.split(r"(?m)^(?=### )", text)
     parts = [p for p in parts if not p.startswith(head)]
-    start = next(i for i, p in enumerate(parts) if HEADING in p)
+    start = next(i for i, p in enumerate(parts) if heading in p)
     end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
     parts.insert(end, section + "\n")
     path.write_text("".join(parts).rstrip("\n") + "\n")

@@ -130,3 +130,19 @@ def test_conv_grad_matmul_weight_gradient_matches_xla_and_writes_a_section(tmp_p
     assert len(rows) == 3 and all(float(r[-2]) < 1e-5 for r in rows), proc.stdout
     text = results.read_text()
     assert text.count("## Convolution weight gradient") == 1 and text.count("### ") == 1 and "## Another" in text
+
+
+def test_depthwise_taps_match_the_grouped_convolution_and_write_a_section(tmp_path):
+    """benchmarks/depthwise.py at tiny sizes: the taps agree with XLA's grouped convolution (output
+    and both gradients, strides 1 and 2) and --write makes one section (rerun: replaced)."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n\n## Another benchmark\n\ntext\n")
+    args = [str(REPO / "benchmarks/depthwise.py"), "--shapes", "2,9,8,3,1;2,9,8,5,2", "--reps", "1", "--step-args",
+            "", "--write", "--results", str(results)]
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if re.match(r"\| \d+, \d+", line)]
+    assert len(rows) == 2 and all(float(r[-2]) < 1e-5 for r in rows), proc.stdout
+    text = results.read_text()
+    assert text.count("## Depthwise convolutions on the CPU") == 1 and text.count("### ") == 1 and "## Another" in text
