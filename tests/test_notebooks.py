@@ -2,6 +2,7 @@
 import json
 
 import nbformat
+import pytest
 
 from tests.conftest import SMOKE, notebook_errors, notebook_images, notebook_stderr, run_python
 
@@ -45,6 +46,7 @@ def test_params_error_stops_before_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow   # suite budget: tests/test_wheel.py runs this notebook through papermill on every CI run
 def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
     from tests.conftest import REPO
     out_nb, figures = tmp_path / "augmentations.ipynb", tmp_path / "figures"
