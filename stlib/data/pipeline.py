@@ -7,9 +7,18 @@ would have seen. On several hosts each process builds its own slice of the globa
 
 Images are resized so their long side equals the output size (aspect kept) and padded
 bottom/right; the on-device augmentation (`stlib.augment`) does the rest.
+
+A run's input is `TrainBatches`: batches built by several threads side by side (decoding a
+JPEG and resizing it release Python's lock, so threads use the host's cores) and handed over
+in step order. Its position is the step: `input_state` is what a checkpoint keeps with it, so
+a resumed run can check that it will see the batches an uninterrupted one would have seen.
+Nothing holds a split's images unless they fit `CACHE_BYTES` decoded (the mini world does).
 """
 from __future__ import annotations
 
+import collections
+import hashlib
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +27,10 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from stlib.data.coco import DataError
+
 CACHE_BYTES = 4 * 2 ** 30  # decoded-image cache limit for cache_images=None
+WORKERS_ENV = "STLIB_INPUT_WORKERS"  # threads building training batches; unset = `input_workers()`'s choice
 
 
 def resize_long_side(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
@@ -43,11 +55,23 @@ class IndexedBatches:
 
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
         key = (seed, epoch)
-        cache = self.__dict__.setdefault("_perm_cache", {})
-        if key not in cache:  # one epoch's order cached at a time
-            cache.clear()
-            cache[key] = np.random.default_rng([seed, epoch]).permutation(self.indices)
-        return cache[key]
+        # dict.setdefault is atomic, so threads building batches side by side share one lock
+        lock = self.__dict__.setdefault("_perm_lock", threading.Lock())
+        with lock:
+            cache = self.__dict__.setdefault("_perm_cache", {})
+            if key not in cache:  # two epochs' orders cached: threads may straddle an epoch's end
+                if len(cache) >= 2:
+                    del cache[next(iter(cache))]
+                cache[key] = np.random.default_rng([seed, epoch]).permutation(self.indices)
+            return cache[key]
+
+    def example_ids(self) -> np.ndarray:
+        """What each position in `self.indices` is (image ids where the source has records), for
+        `input_state`: the same ids in the same order give the same batches."""
+        records = getattr(getattr(self, "source", None), "records", None)
+        if records is not None:
+            return np.asarray([records[int(i)].image_id for i in self.indices], np.int64)
+        return np.asarray(self.indices, np.int64)
 
     def train_batch(self, step: int, batch_size: int, seed: int,
                     process_index: int = 0, process_count: int = 1) -> dict:
@@ -107,6 +131,7 @@ class DetectionData(IndexedBatches):
         self.image_size = image_size
         self.max_boxes = max_boxes
         self.stats = {"boxes_truncated": 0}  # corrupt images are counted by the source
+        self._stats_lock = threading.Lock()  # batches are built by several threads
         self._cache: dict[int, np.ndarray] = {}
         indices = list(range(len(source.records)))
         if cache_images is None:
@@ -148,7 +173,8 @@ class DetectionData(IndexedBatches):
         canvas[: img.shape[0], : img.shape[1]] = img
         n = len(rec.boxes)
         if n > m:
-            self.stats["boxes_truncated"] += n - m
+            with self._stats_lock:
+                self.stats["boxes_truncated"] += n - m
             n = m
         boxes = np.zeros((m, 4), np.float32)
         classes = np.zeros((m,), np.int32)
@@ -169,6 +195,100 @@ class DetectionData(IndexedBatches):
             mask[: img.shape[0], : img.shape[1]] = sem
             ex["mask"] = mask
         return ex
+
+
+def input_workers(environ=os.environ) -> int:
+    """Threads that build training batches: `STLIB_INPUT_WORKERS`, else half the host's cores
+    (at least 1, at most 32). Our choice: on a CPU the other half runs the train step; on an
+    accelerator host set it to the cores that are free (benchmarks/RESULTS.md: images/s per core)."""
+    value = environ.get(WORKERS_ENV, "")
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{WORKERS_ENV}={value!r}: a positive number of threads")
+        return n
+    return max(1, min(32, (os.cpu_count() or 2) // 2))
+
+
+def _ids_digest(data) -> dict:
+    ids = data.example_ids() if hasattr(data, "example_ids") else np.arange(len(data), dtype=np.int64)
+    return {"examples": int(len(ids)), "ids": hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()).hexdigest()[:16]}
+
+
+def input_state(data, step: int, batch_size: int, seed: int) -> dict:
+    """The training input's position (the next step) and what its batches are a function of:
+    seed, global batch size and, per stream, the examples in order (count and a digest of their
+    ids). Saved with each checkpoint (`stlib.train.checkpoints`); a resume whose input differs is
+    refused by `check_input_state`. The process count is not in it: a global batch is the same
+    however many processes build its slices."""
+    streams = getattr(data, "streams", None)
+    described = ({name: {"examples_per_batch": int(data.sizes[name]), **_ids_digest(d)} for name, d in streams.items()}
+                 if streams is not None else {"data": _ids_digest(data)})
+    return {"next_step": int(step), "seed": int(seed), "batch_size": int(batch_size), "streams": described}
+
+
+def check_input_state(saved: dict, current: dict, where: str) -> None:
+    """Raises `DataError` naming what changed when `current` (this run's input at the step it resumes
+    from) would not give the batches of `saved` (the checkpoint's)."""
+    changed = [f"{k} {saved.get(k)} -> {current.get(k)}" for k in ("next_step", "seed", "batch_size")
+               if saved.get(k) != current.get(k)]
+    s_streams, c_streams = saved.get("streams", {}), current.get("streams", {})
+    if set(s_streams) != set(c_streams):
+        changed.append(f"streams {sorted(s_streams)} -> {sorted(c_streams)}")
+    else:
+        for name in s_streams:
+            for k, v in s_streams[name].items():
+                if c_streams[name].get(k) != v:
+                    changed.append(f"{name}.{k} {v} -> {c_streams[name].get(k)}")
+    if changed:
+        raise DataError(
+            f"{where}: the training input differs from the one its checkpoint was trained on "
+            f"({'; '.join(map(str, changed))}), so a resumed run would not see the batches an uninterrupted "
+            "one sees. Restore the data, or start a new run (delete the run folder).")
+
+
+class TrainBatches:
+    """A run's training batches `start..stop-1` from `data` (anything with `train_batch(step,
+    batch_size, seed, process_index, process_count)`), this process's slice of each.
+
+    `workers` threads build batches side by side, up to `ahead` steps beyond the one handed over,
+    and they are yielded in step order. Every batch is a pure function of (seed, step), so the
+    stream equals a serial one and a stream started at step k continues one stopped before k.
+    """
+
+    def __init__(self, data, batch_size: int, seed: int, start: int, stop: int, process_index: int = 0,
+                 process_count: int = 1, workers: int | None = None, ahead: int | None = None):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.start, self.stop = start, stop
+        self.process_index, self.process_count = process_index, process_count
+        self.workers = workers or input_workers()
+        self.ahead = max(2, ahead or 2 * self.workers)
+
+    def _batch(self, step: int) -> dict:
+        return self.data.train_batch(step, self.batch_size, self.seed, self.process_index, self.process_count)
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.workers == 1:  # no pool: the caller's thread (e.g. `prefetch`'s) builds them
+            for step in range(self.start, self.stop):
+                yield self._batch(step)
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stlib-input")
+        pending: collections.deque = collections.deque()
+        nxt = self.start
+        try:
+            while pending or nxt < self.stop:
+                while nxt < self.stop and len(pending) < self.ahead:
+                    pending.append(pool.submit(self._batch, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
 
 def stack(examples: list[dict]) -> dict:
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}

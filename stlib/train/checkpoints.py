@@ -3,6 +3,10 @@
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so an
 interrupted save never looks like a checkpoint. We checkpoint synchronously: a run that is
 killed right after a save has that save on disk.
+
+Beside each latest checkpoint, `input/<step>.json` keeps the training input's position and what
+its batches depend on (`stlib.data.pipeline.input_state`), so a resume can check it sees the
+batches an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import orbax.checkpoint as ocp
 from stlib.io import write_json_atomic
 
 DIGEST_FILE = "digest.json"   # beside the best checkpoint: {"step", "digest"}
+INPUT_DIR = "input"           # checkpoints/input/<step>.json: the input position of latest/<step>
 
 
 def tree_digest(tree) -> str:
@@ -61,8 +66,26 @@ class Checkpoints:
         restored = manager.restore(step, args=ocp.args.StandardRestore(flax.serialization.to_state_dict(target)))
         return flax.serialization.from_state_dict(target, restored)
 
-    def save(self, step: int, state) -> None:
+    def save(self, step: int, state, input_state: dict | None = None) -> None:
+        """Saves `state` as latest checkpoint `step`, with `input_state` (the training input's
+        position, written by process 0) beside it; input files of deleted checkpoints go too."""
         self._save(self.latest, step, state)
+        if input_state is None or jax.process_index() != 0:
+            return
+        folder = self.dir / INPUT_DIR
+        write_json_atomic(folder / f"{int(step)}.json", input_state)
+        kept = {int(s) for s in self.latest.all_steps()}
+        for f in folder.glob("*.json"):
+            if f.stem.isdigit() and int(f.stem) not in kept:
+                f.unlink(missing_ok=True)
+
+    def input_state(self, step: int) -> dict | None:
+        """The input position saved with latest checkpoint `step`, or None (a checkpoint written
+        before positions were saved)."""
+        try:
+            return json.loads((self.dir / INPUT_DIR / f"{int(step)}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
 
     def save_best(self, step: int, state) -> None:
         self._save(self.best, step, state)

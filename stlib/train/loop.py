@@ -17,7 +17,8 @@ best checkpoint, the `metric_keys` reported with it, and optionally `summary() -
 Resume: the run directory is addressed by the params (`stlib.config.run_id`). Re-running
 the same command restores the newest checkpoint, drops log lines written after it, and
 continues; batches are a pure function of the step, so the result equals an
-uninterrupted run. A non-finite loss stops the run before any checkpoint of the bad
+uninterrupted run. Each checkpoint keeps the input's position and what its batches depend on
+(`stlib.data.pipeline.input_state`); a resume whose data changed is refused, naming the change. A non-finite loss stops the run before any checkpoint of the bad
 state is written, so the last good checkpoint is kept.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax
 from tqdm.auto import tqdm
 
 from stlib import config as cfg
-from stlib.data.pipeline import prefetch
+from stlib.data.pipeline import TrainBatches, check_input_state, input_state, prefetch
 from stlib.io import machine, run_lock, to_jsonable, write_json_atomic, write_text_atomic
 from stlib.progress import Reporter
 from stlib.train import sharding
@@ -157,14 +158,22 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
     best_score = max((_score(e, metric) for e in evals), default=-1.0)
     writer = _tensorboard_writer(run_dir) if (tp.tensorboard and is_main) else None
     lr_fn = learning_rate_schedule(tp)
+    described = input_state(exp.train_data, start, tp.batch_size, tp.seed)  # the data do not change in a run
+
+    def input_at(step: int) -> dict:
+        return {**described, "next_step": step}
+
     if start:
+        saved = ckpts.input_state(start)
+        if saved is not None:  # checkpoints from before input positions were saved have none
+            check_input_state(saved, input_at(start), f"resuming {run_dir.name} from step {start}")
         print(f"resuming {run_dir.name} from step {start}")
 
     def batches():
-        for s in range(start, tp.steps):
-            yield sharding.shard_batch(
-                exp.train_data.train_batch(s, tp.batch_size, tp.seed, jax.process_index(), jax.process_count()),
-                exp.mesh)
+        # several threads build batches (stlib.data.pipeline); this one shards them onto the mesh
+        for b in TrainBatches(exp.train_data, tp.batch_size, tp.seed, start, tp.steps,
+                              jax.process_index(), jax.process_count()):
+            yield sharding.shard_batch(b, exp.mesh)
 
     stopped_early = early_stop_due(evals, tp.early_stop_patience, metric)
     t0, cpu0, step = time.time(), time.process_time(), start
@@ -206,7 +215,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
                 shown = "  ".join(f"{k} {ev[k]:.4f}" for k in exp.metric_keys[:2] if ev.get(k) is not None)
                 bar.write(f"step {step}: val {shown}" + (" (best)" if improved else ""))
             if is_ckpt:
-                ckpts.save(step, state)
+                ckpts.save(step, state, input_at(step))
             if is_eval and early_stop_due(log.evals(), tp.early_stop_patience, metric):
                 stopped_early = True
                 bar.write(f"early stopping at step {step}: no {metric} gain in {tp.early_stop_patience} evaluations")
