@@ -10,14 +10,20 @@ to the standard COCO 2017 ids (`COCO_2017_CATEGORIES`); predictions can then be
 evaluated against COCO-format ground truth. Label features whose names are not
 COCO names get ids ``1..K`` in label order.
 
-Images are kept in memory *encoded* (the dataset's own JPEG bytes, read with
-``SkipDecoding``) and decoded with PIL in ``load_image`` -- the same decoder as
-`CocoSource`, so both sources give identical pixels for the same COCO files,
-and a corrupt image is skipped-and-counted by ``load_image_or_none`` instead of
-stopping the tf.data iterator. Image sizes come from the encoded headers.
-Holding a split in memory suits the small splits used in tests and notebooks
-(``max_examples`` or a split slice such as ``"train[:1%]"``); streaming the full
-118k-image COCO train split belongs to the training data pipeline.
+Images are read *encoded* (the dataset's own JPEG bytes, ``SkipDecoding``) and
+decoded with PIL in ``load_image`` -- the same decoder as `CocoSource`, so both
+sources give identical pixels for the same COCO files, and a corrupt image is
+skipped-and-counted by ``load_image_or_none`` instead of stopping an iterator.
+Image sizes come from the encoded headers.
+
+Where the dataset is prepared in a random-access format (``tfds build coco/2017
+--file_format=array_record``), the split is read once for its boxes and each image is
+read from disk when a batch needs it (`builder.as_data_source`): nothing holds the
+split's images, and the training pipeline's threads read side by side. A split
+prepared as TFRecord (tfds' default) has no random access, so its encoded images
+are held in memory (about 19 GB for COCO train, with a warning past
+`IN_MEMORY_WARN` images); that suits the small splits of tests and notebooks
+(``max_examples`` or a slice such as ``"train[:1%]"``).
 
 TensorFlow and tensorflow-datasets are imported inside the constructor, so
 importing ``stlib.data`` does not import TF.
@@ -38,6 +44,7 @@ from stlib.data.coco import DataError, DetectionRecord, DetectionSource, clip_bo
 __all__ = ["COCO_2017_CATEGORIES", "TfdsCocoSource"]
 
 _log = logging.getLogger(__name__)
+IN_MEMORY_WARN = 20_000  # a TFRecord split with more images than this warns that it is held in memory
 
 # The 80 COCO 2017 detection categories (original id, name); tfds label i is row i.
 COCO_2017_CATEGORIES = (
@@ -82,9 +89,14 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
 
 
 class TfdsCocoSource(DetectionSource):
-    """A prepared tfds COCO split held in memory (encoded images), as `DetectionRecord`s.
+    """A prepared tfds COCO split as `DetectionRecord`s, its images read from disk when needed
+    (random-access formats) or held encoded in memory (TFRecord).
 
-    ``TfdsCocoSource(name="coco/2017", split="train", data_dir=None, *, max_examples=None, skip_crowd=True)``
+    ``TfdsCocoSource(name="coco/2017", split="train", data_dir=None, *, max_examples=None, skip_crowd=True,
+    random_access=None)``
+
+    * ``random_access``: None reads images from disk when the prepared format allows it
+      (array_record), else holds them; True requires it (`DataError` naming the fix otherwise).
 
     * ``split`` accepts tfds slicing (``"validation[:500]"``); ``max_examples``
       keeps the first N examples.
@@ -111,8 +123,10 @@ class TfdsCocoSource(DetectionSource):
         *,
         max_examples: int | None = None,
         skip_crowd: bool = True,
+        random_access: bool | None = None,
     ):
         import tensorflow_datasets as tfds
+        from tensorflow_datasets.core import file_adapters
 
         data_dir = os.fspath(data_dir) if data_dir is not None else None
         where = f"tfds dataset {name!r} (data_dir {data_dir or tfds.core.constants.DATA_DIR})"
@@ -123,19 +137,32 @@ class TfdsCocoSource(DetectionSource):
         features = builder.info.features
         if "objects" not in features or not {"bbox", "label"} <= set(features["objects"].keys()) or "image/id" not in features:
             raise DataError(f"{where} has no 'image/id' and 'objects' with 'bbox' and 'label': not a COCO detection config")
+        root = data_dir or tfds.core.constants.DATA_DIR
+        if random_access is None:
+            random_access = builder.info.file_format in file_adapters.FileFormat.with_random_access()
+        decoders = {"image": tfds.decode.SkipDecoding()}
         try:
-            ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-        except AssertionError as e:  # tfds' "could not find data in ..."
-            root = data_dir or tfds.core.constants.DATA_DIR
+            if random_access:
+                self._source = builder.as_data_source(split=split, decoders=decoders)
+                count = len(self._source) if max_examples is None else min(len(self._source), max_examples)
+                examples = (self._source[i] for i in range(count))
+            else:
+                self._source = None
+                ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+                examples = tfds.as_numpy(ds if max_examples is None else ds.take(max_examples))
+        except (AssertionError, FileNotFoundError) as e:  # tfds' "could not find data in ..."
             raise DataError(
                 f"{where} is not prepared (no data under {builder.data_dir}). Prepare it with "
-                f"`tfds build {name} --data_dir {root}` (COCO 2017 is a ~25 GB download), or use "
-                "stlib.data.coco.CocoSource on a COCO folder (annotations JSON + image directory)."
+                f"`tfds build {name} --data_dir {root} --file_format=array_record` (COCO 2017 is a ~25 GB "
+                "download), or use stlib.data.coco.CocoSource on a COCO folder (annotations JSON + image directory)."
             ) from e
+        except NotImplementedError as e:  # random access asked of a TFRecord-prepared dataset
+            raise DataError(
+                f"{where} is prepared as {builder.info.file_format.value}, which has no random access: "
+                f"rebuild it with `tfds build {name} --data_dir {root} --file_format=array_record`, or read it "
+                "with random_access=False (its encoded images held in memory)") from e
         except ValueError as e:
             raise DataError(f"{where}: cannot read split {split!r}: {e}") from e
-        if max_examples is not None:
-            ds = ds.take(max_examples)
 
         label_categories = _label_categories(features["objects"]["label"].names)
         original = [i for i, _ in label_categories]
@@ -145,10 +172,10 @@ class TfdsCocoSource(DetectionSource):
         categories = [{"id": label_categories[i][0], "name": label_categories[i][1]} for i in order]
 
         source_name = f"tfds:{name}:{split}"
-        records, image_stats, encoded = [], {}, {}
+        records, image_stats, encoded = [], {}, {}   # encoded: image id -> bytes, or its position on disk
         gt_images, gt_annotations = [], []
         skipped = collections.Counter()
-        for ex in tfds.as_numpy(ds):
+        for position, ex in enumerate(examples):
             image_id = int(ex["image/id"])
             if image_id in encoded:
                 raise DataError(f"{source_name}: duplicate image id {image_id}")
@@ -197,7 +224,7 @@ class TfdsCocoSource(DetectionSource):
                 )
             )
             image_stats[image_id] = counts
-            encoded[image_id] = ex["image"]
+            encoded[image_id] = position if random_access else ex["image"]
 
         super().__init__(
             name=source_name,
@@ -208,8 +235,17 @@ class TfdsCocoSource(DetectionSource):
             source_stats=skipped,
         )
         self._encoded = encoded
+        self.random_access = bool(random_access)
+        if not random_access and len(encoded) > IN_MEMORY_WARN:
+            _log.warning("%s: %d encoded images held in memory (%.1f GB); prepare the dataset with "
+                         "--file_format=array_record to read them from disk as batches need them", source_name,
+                         len(encoded), sum(len(b) for b in encoded.values()) / 1e9)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Decode ``records[index]``'s stored image: uint8 ``[H, W, 3]`` RGB; raises `CorruptImageError`."""
+        """Decode ``records[index]``'s image (read from disk in random-access mode): uint8 ``[H, W, 3]``
+        RGB; raises `CorruptImageError`."""
         image_id = self.records[index].image_id
-        return decode_image(self._encoded[image_id], f"{self.name} image id {image_id}")
+        data = self._encoded[image_id]
+        if self._source is not None:
+            data = self._source[data]["image"]
+        return decode_image(data, f"{self.name} image id {image_id}")

@@ -154,6 +154,13 @@ class UnlabeledSource:
         self._check_range(start, stop)
         yield from zip(range(start, stop), _ordered_map(self.load_image_or_none, range(start, stop), workers))
 
+    def images_at(self, indices: list[int], workers: int = 4) -> Iterator[tuple[int, np.ndarray | None]]:
+        """Yield ``(i, image or None when corrupt)`` for the ascending ``indices``, in order (a process
+        of a multi-process labelling decodes only its rows)."""
+        for i in indices:
+            self._check_index(i)
+        yield from zip(indices, _ordered_map(self.load_image_or_none, indices, workers))
+
 
 class FolderSource(UnlabeledSource):
     """Every image file under a folder, recursively, sorted by relative (posix) path.
@@ -257,15 +264,20 @@ class TfdsImageSource(UnlabeledSource):
     * ``len`` is ``builder.info.splits[split].num_examples``; image ``i`` is the
       ``i``-th example of the unshuffled split, ``key(i) = "<split>/<i>"``;
     * images are read encoded (``SkipDecoding``) and decoded with PIL, like the other
-      sources; ``images(start, stop)`` reads only ``split[start:stop]``.
+      sources; ``images(start, stop)`` reads only ``split[start:stop]``;
+    * ``random_access`` (None: where the prepared format has it, i.e. array_record):
+      ``load_image(i)`` reads example ``i`` from disk (``builder.as_data_source``), which
+      the pseudo-labelled training stream does for every image of every batch; without it
+      each ``load_image`` reads a one-example slice through its own tf.data pipeline.
 
     Raises `DataError` when the dataset is unknown, not prepared (saying how to
     prepare it), has no image feature ``image_key``, or has no split ``split``.
     """
 
     def __init__(self, name: str, split: str, data_dir: str | os.PathLike | None = None, *,
-                 image_key: str = "image", spec: str | None = None):
+                 image_key: str = "image", spec: str | None = None, random_access: bool | None = None):
         import tensorflow_datasets as tfds
+        from tensorflow_datasets.core import file_adapters
 
         self._tfds = tfds
         self.dataset = name
@@ -300,6 +312,18 @@ class TfdsImageSource(UnlabeledSource):
             raise DataError(f"{where}: no image feature {image_key!r}; its image features are {images}")
         source_name = f"tfds:{name}:{split}"
         super().__init__(source_name, spec or source_name, int(splits[split].num_examples))
+        if random_access is None:
+            random_access = self._builder.info.file_format in file_adapters.FileFormat.with_random_access()
+        self.random_access = bool(random_access)
+        self._on_disk = None
+        if random_access:
+            try:
+                self._on_disk = self._builder.as_data_source(
+                    split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+            except NotImplementedError as e:
+                raise DataError(
+                    f"{where} is prepared without random access ({self._builder.info.file_format.value} files): "
+                    f"rebuild it with `tfds build {name} --data_dir {root} --file_format=array_record`") from e
 
     def key(self, i: int) -> str:
         return f"{self.split}/{self._check_index(i)}"
@@ -340,8 +364,11 @@ class TfdsImageSource(UnlabeledSource):
             return None
 
     def load_image(self, i: int) -> np.ndarray:
-        """Reads the one-example slice ``split[i:i+1]`` (use ``images`` for many)."""
+        """Reads example ``i`` from disk (random access), else the one-example slice ``split[i:i+1]``
+        (use ``images`` for many)."""
         i = self._check_index(i)
+        if self._on_disk is not None:
+            return self._decode((i, bytes(self._on_disk[i][self.image_key])))
         (data,) = list(self._read(i, i + 1))
         return self._decode((i, data))
 
@@ -351,6 +378,18 @@ class TfdsImageSource(UnlabeledSource):
             return
         items = zip(range(start, stop), self._read(start, stop))
         yield from zip(range(start, stop), _ordered_map(self._decode_or_none, items, workers))
+
+    def images_at(self, indices: list[int], workers: int = 4) -> Iterator[tuple[int, np.ndarray | None]]:
+        if self._on_disk is not None or not indices:
+            yield from super().images_at(indices, workers)
+            return
+        # no random access: read the covering slice once, decode only the wanted images
+        for i in indices:
+            self._check_index(i)
+        wanted = set(indices)
+        start, stop = indices[0], indices[-1] + 1
+        items = ((i, data) for i, data in zip(range(start, stop), self._read(start, stop)) if i in wanted)
+        yield from zip(indices, _ordered_map(self._decode_or_none, items, workers))
 
 
 _FORMS = ("world:scenes", "world:objects", "tfds:<name>:<split>", "folder:<path>", "<path>")

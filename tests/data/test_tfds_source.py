@@ -203,3 +203,56 @@ def test_not_prepared(tmp_path):
 def test_unknown_dataset(tmp_path):
     with pytest.raises(DataError, match=r"'no_such_dataset_xyz'.*not a known tfds dataset"):
         TfdsCocoSource("no_such_dataset_xyz", data_dir=tmp_path)
+
+
+class _OnDisk(list):
+    """A random-access data source that counts its reads (tfds' array_record source, mocked)."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        type(self).reads += 1
+        return super().__getitem__(i)
+
+
+def _mock_random_access(examples):
+    def as_data_source(self, split, decoders=None, **kwargs):
+        features = self.info.features
+        rows = [tfds.as_numpy(features.deserialize_example(features.serialize_example(ex), decoders=decoders))
+                for ex in examples]
+        return _OnDisk(rows)
+
+    def no_dataset(self, *a, **k):
+        raise AssertionError("random access reads no tf.data pipeline")
+
+    return tfds.testing.mock_data(num_examples=len(examples), as_dataset_fn=no_dataset,
+                                  as_data_source_fn=as_data_source)
+
+
+def test_random_access_reads_images_from_disk_when_a_batch_needs_them(source):
+    """An array_record-prepared split: the same records and pixels as the in-memory source, with no
+    image bytes held; every load_image is one read of the data source."""
+    with _mock_random_access([_example(*e) for e in EXAMPLES]):
+        disk = TfdsCocoSource("coco/2017", split="validation", random_access=True)
+    assert disk.random_access and not source.random_access
+    assert [vars(r).keys() for r in disk.records] == [vars(r).keys() for r in source.records]
+    for a, b in zip(disk.records, source.records):
+        assert (a.image_id, a.height, a.width) == (b.image_id, b.height, b.width)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert all(isinstance(v, int) for v in disk._encoded.values())  # positions, not bytes
+    before = _OnDisk.reads
+    for i, (image_id, h, w, _) in enumerate(EXAMPLES):
+        np.testing.assert_array_equal(disk.load_image(i), _pixels(h, w, image_id))
+    assert _OnDisk.reads - before == len(EXAMPLES)
+    assert disk.coco_gt().getImgIds() == source.coco_gt().getImgIds()
+    np.testing.assert_array_equal(disk.subset([42]).load_image(0), _pixels(32, 16, 42))
+
+
+def test_random_access_of_a_tfrecord_split_names_the_fix():
+    def tfrecord_only(self, *a, **k):  # what tfds raises for a TFRecord-prepared dataset
+        raise NotImplementedError("Random access data source for file format tfrecord is not supported.")
+
+    with tfds.testing.mock_data(num_examples=1, as_data_source_fn=tfrecord_only):
+        with pytest.raises(DataError, match=r"prepared as \w+, which has no random access: rebuild it with "
+                                            r"`tfds build coco/2017 .*--file_format=array_record`"):
+            TfdsCocoSource("coco/2017", split="validation", random_access=True)

@@ -148,8 +148,9 @@ def _tfds_image(i):
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    """A real (tiny) prepared tfds dataset, so num_examples and split slicing are tfds' own."""
+def tfds_dirs(tmp_path_factory):
+    """A real (tiny) prepared tfds dataset, so num_examples and split slicing are tfds' own: prepared
+    as TFRecord (tfds' default) and as array_record (random access)."""
     tfds = pytest.importorskip("tensorflow_datasets")
     tfds.disable_progress_bar()
 
@@ -175,7 +176,31 @@ def tfds_dir(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("tfds")
     StlibTinyImages(data_dir=str(data_dir)).download_and_prepare()
-    return data_dir
+    random_access_dir = tmp_path_factory.mktemp("tfds-array-record")  # the same, prepared for random access
+    StlibTinyImages(data_dir=str(random_access_dir), file_format="array_record").download_and_prepare()
+    return data_dir, random_access_dir
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tfds_dirs):
+    return tfds_dirs[0]
+
+
+def test_tfds_source_reads_an_array_record_split_one_image_at_a_time(tfds_dirs, monkeypatch):
+    """Prepared as array_record, `load_image` reads the one example from disk, no tf.data pipeline."""
+    import tensorflow_datasets as tfds
+    tfds_dir, random_access_dir = tfds_dirs
+    src = parse_unlabeled("tfds:stlib_tiny_images:train", tfds_data_dir=str(random_access_dir))
+    assert src.random_access and not TfdsImageSource("stlib_tiny_images", "train", tfds_dir).random_access
+
+    def no_pipeline(*a, **k):
+        raise AssertionError("random access builds no tf.data pipeline")
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", no_pipeline)
+    for i in (6, 0, 2):
+        np.testing.assert_array_equal(src.load_image(i), _tfds_image(i))
+    assert src.load_image_or_none(CORRUPT_TFDS) is None and src.stats["images_corrupt"] == 1
+    with pytest.raises(DataError, match=r"prepared without random access \(tfrecord files\).*--file_format=array_record"):
+        TfdsImageSource("stlib_tiny_images", "train", tfds_dir, random_access=True)
 
 
 def test_tfds_source(tfds_dir):
