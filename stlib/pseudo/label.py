@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from stlib import config as cfg
@@ -100,6 +101,31 @@ def _canvas_batch(items: list, image_size: int, batch_size: int) -> dict:
     return batch
 
 
+def _chunks(seq, n: int):
+    seq = list(seq)
+    return [seq[b: b + n] for b in range(0, len(seq), n)]
+
+
+def _row_facts(items: list, batch: dict, rows: int) -> dict:
+    """What the shard keeps of this process's images, one row each (padding rows unreadable):
+    original height and width, readable, the canvas scale, and the content digest's 8 bytes."""
+    facts = {"hw": np.zeros((rows, 2), np.int32), "readable": np.zeros((rows,), bool),
+             "scale": batch["scale"].copy(), "digest": np.zeros((rows, 8), np.uint8)}
+    for row, (_, img) in enumerate(items):
+        if img is not None:
+            facts["hw"][row] = img.shape[:2]
+            facts["readable"][row] = True
+            facts["digest"][row] = np.frombuffer(bytes.fromhex(pixel_digest(img)), np.uint8)
+    return facts
+
+
+def _gather_rows(facts: dict, process_count: int) -> dict:
+    """Every process's rows in global batch order (process 0's first), from all processes."""
+    if process_count == 1:
+        return facts
+    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(facts, tiled=True).items()}
+
+
 def make_pseudo_labels(teacher: str | Path, unlabeled: str, *, min_score: float = _DEFAULTS.store_min_score,
                        nms: str = _DEFAULTS.nms,
                        max_images: int = 0, store_dir: str | Path | None = None,
@@ -161,31 +187,35 @@ def _label_shards(t: TeacherRun, source, store: PseudoLabelStore, shards: list, 
                mininterval=0.5 if os.isatty(2) else 30.0)
 
     for k in shards:
-        rng_k = store.shard_range(k)
-        items = list(source.images(rng_k.start, rng_k.stop))
+        chunks = [list(c) for c in _chunks(store.shard_range(k), bs)]
+        # this process decodes only its rows of each batch; process 0 gathers the others' sizes,
+        # scales and content digests to write the shard
+        rows = [c[pidx * per_host: (pidx + 1) * per_host] for c in chunks]
+        decoded = source.images_at([i for r in rows for i in r])
 
         def batches():
-            for b in range(0, len(items), bs):
-                chunk = items[b: b + bs]
-                full = _canvas_batch(chunk, size, bs)
-                mine = {key: v[pidx * per_host: (pidx + 1) * per_host] for key, v in full.items()}
-                yield chunk, full, sharding.shard_batch(mine, mesh)
+            for chunk, mine in zip(chunks, rows):
+                items = [next(decoded) for _ in mine]
+                local = _canvas_batch(items, size, per_host)
+                yield chunk, items, local, _row_facts(items, local, per_host), sharding.shard_batch(local, mesh)
 
         labels = []
-        for chunk, full, sharded in prefetch(batches()):
+        for chunk, items, local, facts, sharded in prefetch(batches()):
             det = jax.tree.map(np.asarray, detector.predict_step(variables, sharded))
-            for row, (i, img) in enumerate(chunk):
+            facts = _gather_rows(facts, pcount)
+            for row, i in enumerate(chunk):
                 key = source.key(i)
-                if img is None:
+                h, w = (int(v) for v in facts["hw"][row])
+                if not facts["readable"][row]:
                     labels.append(ImageLabels(i, key, 0, 0, np.zeros((0, 4)), [], [], skipped="unreadable image"))
                     continue
                 ok = det["valid"][row] & (det["scores"][row] >= min_score)
-                boxes = det["boxes"][row][ok] / full["scale"][row]
-                boxes = np.clip(boxes, 0, [img.shape[0], img.shape[1], img.shape[0], img.shape[1]])
+                boxes = det["boxes"][row][ok] / facts["scale"][row]
+                boxes = np.clip(boxes, 0, [h, w, h, w])
                 area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # clipping can collapse a box
-                labels.append(ImageLabels(i, key, img.shape[0], img.shape[1], boxes[area],
+                labels.append(ImageLabels(i, key, h, w, boxes[area],
                                           det["classes"][row][ok][area], det["scores"][row][ok][area],
-                                          content=pixel_digest(img)))
+                                          content=bytes(facts["digest"][row]).hex()))
             bar.update(len(chunk))
             reporter.update(bar.n)
         if pidx == 0:

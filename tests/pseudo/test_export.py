@@ -75,7 +75,7 @@ def test_labelling_stores_no_box_that_clipping_collapsed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(label_mod, "Detector", FakeDetector)
     image = np.zeros((40, 64, 3), np.uint8)
-    source = types.SimpleNamespace(images=lambda start, stop: [(i, image) for i in range(start, stop)],
+    source = types.SimpleNamespace(images_at=lambda indices: iter([(i, image) for i in indices]),
                                    key=lambda i: f"{i}.png")
     teacher = types.SimpleNamespace(params=cfg.load_params(SMOKE),
                                     load_state=lambda d: types.SimpleNamespace(params={}, batch_stats={}))
