@@ -83,6 +83,7 @@ def test_compare_devices_runs_one_and_two():
     assert re.fullmatch(r"images/s: [0-9.]+", out.rstrip("\n").splitlines()[-1])
 
 
+@pytest.mark.slow   # ~40 s; a measuring script, run on request
 def test_augment_benchmark_tiny_run_prints_every_field_and_writes_a_section(tmp_path):
     """benchmarks/augment.py at a tiny size: its fields, table, goal line and RESULTS.md section."""
     script = REPO / "benchmarks/augment.py"
@@ -114,6 +115,7 @@ def test_augment_benchmark_tiny_run_prints_every_field_and_writes_a_section(tmp_
     assert "`python benchmarks/augment.py --sizes 64 --batch 2 --policies s1" in text and "| s1 | vmap* | 64 |" in text
 
 
+@pytest.mark.slow   # ~47 s; a measuring script, run on request
 def test_conv_grad_matmul_weight_gradient_matches_xla_and_writes_a_section(tmp_path):
     """benchmarks/conv_grad.py at tiny sizes: the matmul weight gradient agrees with XLA's (3x3,
     strided and 1x1), the model-wide switch trains, and --write makes one section (rerun: replaced)."""
@@ -146,3 +148,20 @@ def test_depthwise_taps_match_the_grouped_convolution_and_write_a_section(tmp_pa
     assert len(rows) == 2 and all(float(r[-2]) < 1e-5 for r in rows), proc.stdout
     text = results.read_text()
     assert text.count("## Depthwise convolutions on the CPU") == 1 and text.count("### ") == 1 and "## Another" in text
+
+
+def test_input_pipeline_benchmark_tiny_run_writes_a_section(tmp_path):
+    """benchmarks/input_pipeline.py at 64 px: stlib's threads and tf.data each give a rate (grain is
+    not a dependency: left out where it is not installed) and --write makes one section."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    args = [str(REPO / "benchmarks/input_pipeline.py"), "--images", "16", "--size", "64", "--epochs", "4",
+            "--pipelines", "stlib,tf.data", "--workers", "1,2", "--write", "--results", str(results)]
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if re.match(r"\| (stlib|tf\.data) \| \d", line)]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("stlib", "1"), ("tf.data", "1"), ("stlib", "2"),
+                                                           ("tf.data", "2")]
+    assert all(float(r[3]) > 0 for r in rows)
+    text = results.read_text()
+    assert text.count("## Training input at 640 px") == 1 and "16 synthetic JPEGs" in text
