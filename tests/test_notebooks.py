@@ -68,6 +68,7 @@ def test_augmentations_notebook_draws_every_op_and_policy(tmp_path):
     assert (out_nb.stat().st_size < 5_000_000)
 
 
+@pytest.mark.slow   # ~2 min: three pre-training notebooks; tests/experiments/test_inits.py covers the library path
 def test_inits_makes_the_three_pretrained_checkpoints_a_detector_can_start_from(tmp_path):
     """`stlib inits --scale smoke`: ImageNet, SimCLR and ImageNet++ (Noisy Student) runs through
     papermill in one command; then a detector's backbone from them, and the student's start."""

@@ -60,6 +60,24 @@ def test_the_wheel_imports_from_the_installation_and_ships_the_presets(installed
                               str(installed["site"] / "stlib/_data/params/smoke/retinanet.yaml")]
 
 
+def _nothing_written_into(installed):
+    written = [p for p in (installed["site"] / "stlib").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+               and p.stat().st_mtime > (installed["site"] / "stlib" / "paths.py").stat().st_mtime + 1]
+    assert written == []
+
+
+def test_a_run_from_an_empty_directory(installed):
+    """`stlib train smoke/retinanet` from the installed wheel in an empty folder: the preset by name,
+    the train notebook, outputs under the folder, nothing written into the installation."""
+    proc = _stlib(installed, "train", "smoke/retinanet", "--quiet")
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    (nb,) = (installed["work"] / ".cache" / "outputs").rglob("train.ipynb")
+    nb = nbformat.read(nb, as_version=4)
+    assert not notebook_errors(nb) and notebook_stderr(nb) == []
+    _nothing_written_into(installed)
+
+
+@pytest.mark.slow   # ~2 min: every notebook through the wheel (test_notebooks runs them from the checkout)
 def test_every_notebook_runs_from_an_empty_directory(installed):
     work = installed["work"]
     spec = work / "st.yaml"
@@ -91,10 +109,7 @@ def test_every_notebook_runs_from_an_empty_directory(installed):
                          cwd=work, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "STLIB_CACHE": str(REPO / ".cache")})
     assert aug.returncode == 0, aug.stderr[-3000:]
-    # nothing was written into the installation
-    written = [p for p in (installed["site"] / "stlib").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-               and p.stat().st_mtime > (installed["site"] / "stlib" / "paths.py").stat().st_mtime + 1]
-    assert written == []
+    _nothing_written_into(installed)
 
 
 def test_the_notebooks_setup_cell_installs_the_wheel_where_stlib_is_missing(installed, tmp_path):

@@ -122,8 +122,10 @@ def test_bad_result_specs_name_the_key(tmp_path):
         pp.load_result(spec)
 
 
-@pytest.mark.parametrize("spec", sorted(p.relative_to(pp.paths.PARAMS_DIR).as_posix()
-                                        for p in pp.paths.PARAMS_DIR.glob("*/results/*.yaml")))
+# mini specs read the mini world (generated on a clean clone: about 2 minutes), so -m slow
+@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.startswith("mini/") else s
+                                  for s in sorted(p.relative_to(pp.paths.PARAMS_DIR).as_posix()
+                                                  for p in pp.paths.PARAMS_DIR.glob("*/results/*.yaml"))])
 def test_every_result_spec_loads_and_judges_claims(spec):
     r = pp.load_result(spec)
     assert r.item == spec.split("/")[-1][:-len(".yaml")] and r.study.name.endswith(r.item)

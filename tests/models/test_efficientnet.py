@@ -280,7 +280,7 @@ def compare_with_keras(variant, size, batch=2, seed=0):
     return errs
 
 
-@pytest.mark.parametrize("size", [224, 97])
+@pytest.mark.parametrize("size", [pytest.param(224, marks=pytest.mark.slow), 97])   # 224: -m slow (23 s)
 def test_from_keras_matches_keras_b0(size):
     compare_with_keras("b0", size)
 

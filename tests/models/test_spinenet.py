@@ -136,6 +136,7 @@ def _key(seed):
     return jax.random.key(seed, impl="unsafe_rbg")
 
 
+@pytest.mark.slow   # ~60 s of compiling the gradient; the other tiny tests run the forward on every run
 def test_tiny_forward_backward_and_drop_connect():
     model = sn.spinenet_tiny()
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 64, 64, 3)), jnp.float32)

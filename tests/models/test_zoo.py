@@ -16,6 +16,8 @@ from stlib.models import zoo
 KNOWN_MISMATCH = {"retinanet-spinenet-49s"}
 
 
+# The zoo's table builds every model at its published size (about 2 minutes on 2 cores): paper-scale
+# checks, run with -m slow. tests/test_paper_dry_run.py checks the paper presets' sizes on every run.
 @pytest.fixture(scope="module")
 def rows():
     import contextlib
@@ -26,6 +28,7 @@ def rows():
     return {r["name"]: r for r in json.loads(buf.getvalue())}
 
 
+@pytest.mark.slow
 def test_zoo_json_matches_the_published_sizes_within_3_percent(rows):
     checked = 0
     for name, r in rows.items():
@@ -45,10 +48,12 @@ def test_zoo_json_matches_the_published_sizes_within_3_percent(rows):
 @pytest.mark.parametrize("name", ["retinanet-spinenet-143", "retinanet-spinenet-190", "retinanet-resnet50-fpn",
                                   "segmenter-efficientnet-b7-nasfpn", "segmenter-efficientnet-l2-nasfpn",
                                   "efficientnet-b7", "resnet50"])
+@pytest.mark.slow
 def test_multiply_adds_match_the_published_flops_within_3_percent(rows, name):
     assert abs(rows[name]["madds_ratio"] - 1) <= 0.03, (name, rows[name]["madds_b"], rows[name]["published_madds_b"])
 
 
+@pytest.mark.slow
 def test_xla_counts_about_two_flops_per_multiply_add(rows):
     """XLA's estimate counts a multiply-add as 2 FLOPs plus elementwise work: a cross-check of our count."""
     for name in ("resnet50", "retinanet-spinenet-49", "segmenter-efficientnet-b7-nasfpn"):

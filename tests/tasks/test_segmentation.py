@@ -58,6 +58,7 @@ def _run(out, kill_at=-1):
     return run_python(KILLER.format(kill_at=kill_at, params=SEG, out=str(out), sets=sets))
 
 
+@pytest.mark.slow   # ~70 s; the engine's resume is checked on every run by tests/train and tests/data/test_stream.py
 def test_a_segmentation_run_reports_miou_and_resumes_after_a_kill_to_the_same_numbers(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     done = _run(a)
@@ -115,23 +116,17 @@ def _voc(root, ids_train=("2007_000001", "2007_000002", "2007_000003"), ids_val=
     return root
 
 
-def test_a_voc_layout_folder_trains_at_smoke_scale(tmp_path):
-    """PASCAL VOC as users have it (palette PNG masks, list files) trains the smoke segmenter on
-    its 21 classes; a list entry without its files, or a detector on VOC, is one clear error."""
+def test_a_voc_layout_folder_reads_and_names_its_bad_entries(tmp_path):
+    """PASCAL VOC as users have it (palette PNG masks, list files) reads as its 21 classes; a list
+    entry without its files, or a detector on VOC, is one clear error."""
     from stlib import config as cfg
     from stlib.data.segmentation import VOC_CLASSES
     from stlib.experiments.assemble import build_task
-    from stlib.train.loop import train_and_evaluate
     root = _voc(tmp_path / "VOC2012")
     src = SegmentationSource.voc(root, "train")
     assert len(src) == 3 and src.num_classes == 21 and src.class_names[7] == VOC_CLASSES[7] == "cat"
     ex = SegmentationData(src, 64).example(0)
     assert set(np.unique(ex["mask"]).tolist()) <= {0, 8, 12, IGNORE_LABEL} and 8 in ex["mask"]
-    p = cfg.load_params(SEG, ["data.source=voc", f"data.voc_root={root}", "data.val_split=val",
-                              "train.steps=4", "train.eval_every=4"])
-    task = build_task(p, progress=False)
-    m = train_and_evaluate(task, tmp_path / "run", progress=False)
-    assert m["status"] == "complete" and 0 <= m["mIoU"] <= 1 and task.num_classes == 21
     (root / "ImageSets/Segmentation/val.txt").write_text("2007_000010\n2007_000099\n")
     with pytest.raises(DataError, match=r"val.txt:2: '2007_000099' has no file .*JPEGImages/2007_000099.jpg"):
         SegmentationSource.voc(root, "val")
@@ -140,6 +135,20 @@ def test_a_voc_layout_folder_trains_at_smoke_scale(tmp_path):
     with pytest.raises(cfg.ParamsError, match="data.source voc is PASCAL VOC's segmentation data"):
         build_task(cfg.load_params("params/smoke/retinanet.yaml", ["data.source=voc", f"data.voc_root={root}"]),
                    progress=False)
+
+
+@pytest.mark.slow   # ~45 s
+def test_a_voc_layout_folder_trains_at_smoke_scale(tmp_path):
+    """The VOC folder trains the smoke segmenter on its 21 classes."""
+    from stlib import config as cfg
+    from stlib.experiments.assemble import build_task
+    from stlib.train.loop import train_and_evaluate
+    root = _voc(tmp_path / "VOC2012")
+    p = cfg.load_params(SEG, ["data.source=voc", f"data.voc_root={root}", "data.val_split=val",
+                              "train.steps=4", "train.eval_every=4"])
+    task = build_task(p, progress=False)
+    m = train_and_evaluate(task, tmp_path / "run", progress=False)
+    assert m["status"] == "complete" and 0 <= m["mIoU"] <= 1 and task.num_classes == 21
 
 
 def test_the_paper_segmentation_preset_is_the_published_b7_nasfpn():
