@@ -200,11 +200,13 @@ def write_section(section: str, path: Path = RESULTS, heading: str = HEADING, sc
                "--write`; each is one run on the machine in its heading (what is measured: the script's " \
                "docstring). A rerun on the same date and machine replaces its section.\n\n"
     head = section.splitlines()[0]
-    parts = re.split(r"(?m)^(?=### )", text)
-    parts = [p for p in parts if not p.startswith(head)]
-    start = next(i for i, p in enumerate(parts) if heading in p)
+    parts = re.split(r"(?m)^(?=##+ )", text)   # every "## " heading and "### " section its own part
+    start = next(i for i, p in enumerate(parts) if p.startswith(heading))
     end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
-    parts.insert(end, section + "\n")
+    # a rerun replaces its section (same first line) under this heading only: another benchmark's
+    # section of the same date and machine stays
+    kept = [p for p in parts[start + 1:end] if not p.startswith(head)]
+    parts = parts[:start + 1] + kept + [section + "\n"] + parts[end:]
     path.write_text("".join(parts).rstrip("\n") + "\n")
 
 

@@ -165,3 +165,18 @@ def test_input_pipeline_benchmark_tiny_run_writes_a_section(tmp_path):
     assert all(float(r[3]) > 0 for r in rows)
     text = results.read_text()
     assert text.count("## Training input at 640 px") == 1 and "16 synthetic JPEGs" in text
+
+
+def test_a_rerun_replaces_its_own_section_only(tmp_path):
+    """Two benchmarks' sections with the same date and machine line: rewriting one leaves the other."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.conv_grad import write_section
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    write_section("### day · cpu\n\nA 1", results, "## A", "a.py")
+    write_section("### day · cpu\n\nB 1", results, "## B", "b.py")
+    write_section("### day · cpu\n\nA 2", results, "## A", "a.py")
+    text = results.read_text()
+    assert "A 2" in text and "A 1" not in text and "B 1" in text
+    assert text.index("## A") < text.index("A 2") < text.index("## B") < text.index("B 1")
+    assert text.count("### day · cpu") == 2
