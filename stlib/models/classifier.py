@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
 from stlib.models.backbones import efficientnet as effnet
+from stlib.models.convolution import Conv
 
 
 
@@ -33,7 +34,7 @@ class ClassificationHead(nn.Module):
         act = activation_fn(self.activation)
         x = feats[max(feats)]
         if self.conv_channels:
-            x = nn.Conv(self.conv_channels, (1, 1), use_bias=False, dtype=self.dtype,
+            x = Conv(self.conv_channels, (1, 1), use_bias=False, dtype=self.dtype,
                         kernel_init=effnet.CONV_INIT, name="top_conv")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, name="top_bn")(x)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stlib.models.convolution import Conv
+
 
 def upsample2x(x):
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -28,7 +30,7 @@ class FPN(nn.Module):
 
     @nn.compact
     def __call__(self, feats: dict, train: bool):
-        conv = functools.partial(nn.Conv, self.channels, dtype=self.dtype)
+        conv = functools.partial(Conv, self.channels, dtype=self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype)
         backbone_max = max(feats)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
 from stlib.models.depthwise import DepthwiseConv
+from stlib.models.convolution import Conv
 
 # (output level, combine fn, (input index 0, input index 1), is_output); REFERENCE §7.1.
 NASFPN_BLOCK_SPECS = (
@@ -81,10 +82,10 @@ class ConvOp(nn.Module):
     def __call__(self, x):
         k = (self.kernel_size, self.kernel_size)
         if not self.separable:
-            return nn.Conv(self.features, k, padding="SAME", kernel_init=_KERNEL_INIT, dtype=self.dtype,
+            return Conv(self.features, k, padding="SAME", kernel_init=_KERNEL_INIT, dtype=self.dtype,
                            name="conv")(x)
         x = DepthwiseConv(self.kernel_size, kernel_init=_KERNEL_INIT, dtype=self.dtype, name="depthwise")(x)
-        return nn.Conv(self.features, (1, 1), kernel_init=_KERNEL_INIT, dtype=self.dtype, name="pointwise")(x)
+        return Conv(self.features, (1, 1), kernel_init=_KERNEL_INIT, dtype=self.dtype, name="pointwise")(x)
 
 
 class Resample(nn.Module):

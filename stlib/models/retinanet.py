@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
 from stlib.models.fpn import FPN
+from stlib.models.convolution import Conv
 
 
 class RetinaNetHead(nn.Module):
@@ -35,14 +36,14 @@ class RetinaNetHead(nn.Module):
     def __call__(self, feats: dict, train: bool):
         tower_init = nn.initializers.normal(0.01)
         pred_init = nn.initializers.normal(1e-5)
-        cls_convs = [nn.Conv(self.channels, (3, 3), kernel_init=tower_init, dtype=self.dtype, name=f"cls_conv_{i}")
+        cls_convs = [Conv(self.channels, (3, 3), kernel_init=tower_init, dtype=self.dtype, name=f"cls_conv_{i}")
                      for i in range(self.num_convs)]
-        box_convs = [nn.Conv(self.channels, (3, 3), kernel_init=tower_init, dtype=self.dtype, name=f"box_conv_{i}")
+        box_convs = [Conv(self.channels, (3, 3), kernel_init=tower_init, dtype=self.dtype, name=f"box_conv_{i}")
                      for i in range(self.num_convs)]
         bias = -math.log((1 - self.prior_prob) / self.prior_prob)
-        cls_pred = nn.Conv(self.num_anchors * self.num_classes, (3, 3), kernel_init=pred_init,
+        cls_pred = Conv(self.num_anchors * self.num_classes, (3, 3), kernel_init=pred_init,
                            bias_init=nn.initializers.constant(bias), dtype=self.dtype, name="cls_pred")
-        box_pred = nn.Conv(self.num_anchors * 4, (3, 3), kernel_init=pred_init, dtype=self.dtype, name="box_pred")
+        box_pred = Conv(self.num_anchors * 4, (3, 3), kernel_init=pred_init, dtype=self.dtype, name="box_pred")
 
         def norm(name):
             return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,

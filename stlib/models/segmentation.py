@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stlib.models.activations import activation_fn
+from stlib.models.convolution import Conv
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -140,12 +141,12 @@ class SegmentationHead(nn.Module):
         x = x.astype(self.dtype)
         init = nn.initializers.normal(0.01)
         for i in range(self.num_convs):
-            x = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=init, dtype=self.dtype,
+            x = Conv(self.channels, (3, 3), padding="SAME", kernel_init=init, dtype=self.dtype,
                         name=f"conv_{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, name=f"bn_{i}")(x)
             x = act(x)
-        x = nn.Conv(self.num_classes, (1, 1), kernel_init=init, dtype=self.dtype, name="classifier")(x)
+        x = Conv(self.num_classes, (1, 1), kernel_init=init, dtype=self.dtype, name="classifier")(x)
         return x.astype(jnp.float32)
 
 

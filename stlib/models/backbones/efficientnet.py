@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from stlib.models.depthwise import DepthwiseConv
+from stlib.models.convolution import Conv
 
 # REFERENCE §5.1: (repeats, kernel, stride, expand ratio, in filters, out filters) per stage 1..7.
 BASE_BLOCKS = (
@@ -171,7 +172,7 @@ class MBConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)
+        conv = functools.partial(Conv, padding="SAME", use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype)
         mid = self.in_ch * self.expand
@@ -182,9 +183,9 @@ class MBConv(nn.Module):
         x = nn.swish(norm(name="bn")(x))
         # Squeeze-excitation; width from the block input filters (REFERENCE §5.2 "SE width").
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
-        se = nn.Conv(max(1, int(self.in_ch * SE_RATIO)), (1, 1), dtype=self.dtype, kernel_init=CONV_INIT,
+        se = Conv(max(1, int(self.in_ch * SE_RATIO)), (1, 1), dtype=self.dtype, kernel_init=CONV_INIT,
                      name="se_reduce")(se)
-        se = nn.Conv(mid, (1, 1), dtype=self.dtype, kernel_init=CONV_INIT, name="se_expand")(nn.swish(se))
+        se = Conv(mid, (1, 1), dtype=self.dtype, kernel_init=CONV_INIT, name="se_expand")(nn.swish(se))
         x = x * nn.sigmoid(se)
         x = norm(name="project_bn")(conv(self.out_ch, (1, 1), name="project_conv")(x))
         if self.stride == 1 and self.in_ch == self.out_ch:
@@ -227,7 +228,7 @@ class EfficientNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.astype(self.dtype)
-        x = nn.Conv(self.stem_channels, (3, 3), (2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
+        x = Conv(self.stem_channels, (3, 3), (2, 2), padding="SAME", use_bias=False, dtype=self.dtype,
                     kernel_init=CONV_INIT, name="stem_conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                          dtype=self.dtype, name="stem_bn")(x)

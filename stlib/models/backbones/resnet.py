@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
+from stlib.models.convolution import Conv
 
 ModuleDef = Any
 
@@ -124,7 +125,7 @@ class ResNet(nn.Module):
 
         def conv(features, kernel_size, strides=(1, 1), **kw):
             pad = fixed_padding(kernel_size[0]) if symmetric and strides[0] > 1 else "SAME"
-            return nn.Conv(features, kernel_size, strides, padding=pad, use_bias=self.conv_bias, dtype=self.dtype,
+            return Conv(features, kernel_size, strides, padding=pad, use_bias=self.conv_bias, dtype=self.dtype,
                            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), **kw)
 
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from stlib.models.activations import activation_fn
+from stlib.models.convolution import Conv
 
 
 class BlockSpec(NamedTuple):
@@ -110,7 +111,7 @@ def _conv(x, features: int, k: int, stride: int, dtype, name: str):
     if stride > 1:
         x = _fixed_pad(x, k)
         padding = "VALID"
-    return nn.Conv(features, (k, k), (stride, stride), padding=padding, use_bias=False,
+    return Conv(features, (k, k), (stride, stride), padding=padding, use_bias=False,
                    kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                    dtype=dtype, name=name)(x)
 
