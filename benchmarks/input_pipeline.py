@@ -199,7 +199,8 @@ def gil_share(folder: Path, size: int, seconds: float = 2.0) -> tuple[float, flo
     return float(np.median(held)), float(np.median(waited))
 
 
-def measure(n: int, size: int, workers: list[int], which: list[str], epochs: int = EPOCHS) -> tuple[list[tuple], dict]:
+def measure(n: int, size: int, workers: list[int], which: list[str], epochs: int = EPOCHS,
+            gil_seconds: float = 2.0) -> tuple[list[tuple], dict]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folder, kb = make_folder(Path(tmp), n, size)
@@ -217,7 +218,7 @@ def measure(n: int, size: int, workers: list[int], which: list[str], epochs: int
                 if rate is not None:
                     rows.append((name, w, rate))
                     print(f"  {name:16s} W={w}: {rate:7.1f} images/s, {rate / w:6.1f} per core", flush=True)
-        share = gil_share(folder, size) if (os.cpu_count() or 1) >= 2 else None
+        share = gil_share(folder, size, gil_seconds) if (os.cpu_count() or 1) >= 2 and gil_seconds > 0 else None
     return rows, {"jpeg_kB": kb, "images": n // epochs, "epochs": epochs, "size": size, "gil": share,
                   "made_s": made}
 
@@ -255,6 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--size", type=int, default=640, help="long side of the images and the square output")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="times each pipeline reads the folder")
+    ap.add_argument("--gil-seconds", type=float, default=2.0, help="each GIL probe's length (9 probes; 0 skips)")
     ap.add_argument("--workers", default="", help="comma-separated W values (default: 1 and every core)")
     ap.add_argument("--pipelines", default="stlib,tf.data,grain threads,grain processes")
     ap.add_argument("--note", default="", help="what else ran on the machine, for the section")
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
     which = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     print(f"input pipelines, {args.images} images at {args.size} px, W in {workers} "
           f"({datetime.datetime.now():%H:%M})", flush=True)
-    rows, info = measure(args.images, args.size, workers, which, args.epochs)
+    rows, info = measure(args.images, args.size, workers, which, args.epochs, args.gil_seconds)
     text = render(rows, info, args.note)
     print(text)
     if args.write:

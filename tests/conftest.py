@@ -63,3 +63,24 @@ def notebook_images(nb) -> list:
     """The PNG display outputs of an executed notebook."""
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+
+
+# The files that take a minute or more on a clean clone (durations of a clean-clone .ci/run), first:
+# pytest-xdist's loadfile hands whole files to the workers in collection order, so starting the long
+# ones first lets the two workers finish together instead of one running a long file at the end.
+HEAVY_FIRST = ("train/test_multiprocess.py", "experiments/test_self_train.py", "tasks/test_segmentation.py",
+               "experiments/test_records.py", "train/test_train.py", "test_notebooks.py",
+               "augment/test_policies.py", "augment/test_ops.py", "models/test_import_weights_cli.py",
+               "test_cli_errors.py", "test_paper_dry_run.py", "data/test_stream.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    tests = REPO / "tests"
+
+    def order(item):
+        try:
+            return rank.get(Path(str(item.fspath)).relative_to(tests).as_posix(), len(rank))
+        except ValueError:
+            return len(rank)
+    items.sort(key=order)   # stable: a file's tests stay together and in order

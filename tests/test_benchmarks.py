@@ -151,20 +151,20 @@ def test_depthwise_taps_match_the_grouped_convolution_and_write_a_section(tmp_pa
 
 
 def test_input_pipeline_benchmark_tiny_run_writes_a_section(tmp_path):
-    """benchmarks/input_pipeline.py at 64 px: stlib's threads and tf.data each give a rate (grain is
-    not a dependency: left out where it is not installed) and --write makes one section."""
+    """benchmarks/input_pipeline.py at 64 px: stlib's threads give a rate and --write makes one
+    section (tf.data and grain are timed by the same loop; tf.data's import costs the test 15 s)."""
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
     args = [str(REPO / "benchmarks/input_pipeline.py"), "--images", "16", "--size", "64", "--epochs", "4",
-            "--pipelines", "stlib,tf.data", "--workers", "1,2", "--write", "--results", str(results)]
+            "--pipelines", "stlib", "--workers", "1,2", "--gil-seconds", "0.2", "--write", "--results", str(results)]
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split("|") for line in proc.stdout.splitlines() if re.match(r"\| (stlib|tf\.data) \| \d", line)]
-    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("stlib", "1"), ("tf.data", "1"), ("stlib", "2"),
-                                                           ("tf.data", "2")]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if re.match(r"\| stlib \| \d", line)]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("stlib", "1"), ("stlib", "2")]
     assert all(float(r[3]) > 0 for r in rows)
     text = results.read_text()
     assert text.count("## Training input at 640 px") == 1 and "16 synthetic JPEGs" in text
+    assert "One stlib decoding thread beside a pure-Python thread" in text
 
 
 def test_a_rerun_replaces_its_own_section_only(tmp_path):

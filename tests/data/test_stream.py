@@ -3,6 +3,7 @@ batches in step order, a stream resumed at step k continues one stopped there, t
 saved with a checkpoint refuses a resume whose data changed, and a training run killed after a
 checkpoint resumes with the batches and losses of an uninterrupted one."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -161,15 +162,18 @@ def test_a_killed_run_on_a_coco_folder_resumes_with_the_same_batches(folder, tmp
     _, killed_losses = run(folder, tmp_path / "b", kill_after=4)
     assert [s for s, _ in killed_losses] == [1, 2, 3, 4]
     assert json.loads((tmp_path / "b/checkpoints/input/3.json").read_text())["next_step"] == 3
+    shutil.copytree(tmp_path / "b", tmp_path / "b-stopped")
     resumed_batches, resumed_losses = run(folder, tmp_path / "b")
     assert sorted(resumed_batches) == [3, 4, 5]  # the resumed run starts at the checkpoint's position
     assert {s: whole_batches[s] for s in (3, 4, 5)} == resumed_batches
     assert [s for s, _ in resumed_losses] == [1, 2, 3, 4, 5, 6]
     assert [l for _, l in resumed_losses] == pytest.approx([l for _, l in whole_losses], rel=1e-6)
 
-    # the folder lost an image while the run was stopped: its resume is refused, naming the change
-    changed = make_coco_folder(tmp_path / "c", SIZES)
-    run(changed, tmp_path / "c-run", kill_after=4)
+    # the folder lost an image while a run on it was stopped (a copy of the stopped run, on a copy of
+    # the folder): its resume is refused, naming the change, before any step
+    changed = tmp_path / "c"
+    shutil.copytree(folder, changed)
+    shutil.copytree(tmp_path / "b-stopped", tmp_path / "c-run")
     gt = json.loads((changed / "train.json").read_text())
     gt["images"] = gt["images"][:-1]
     gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] != 111]
