@@ -36,6 +36,16 @@ RESULTS = REPO / "benchmarks/RESULTS.md"
 HEADING = "## ResNet-50 RetinaNet train step against torchvision (`benchmarks/torchvision_step.py`)"
 
 
+def _run_times(f, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of `f`."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def torch_rate(size: int, batch: int, steps: int, warmup: int, num_classes: int = 80) -> dict:
     import numpy as np
     import torch
@@ -69,11 +79,7 @@ def torch_rate(size: int, batch: int, steps: int, warmup: int, num_classes: int 
 
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    times = _run_times(step, steps)
     ms = 1000 * sum(times) / len(times)
     return {"params": sum(p.numel() for p in model.parameters()), "ms/step": ms, "images/s": batch / (ms / 1000),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -89,12 +95,7 @@ def torch_convs(reps: int = 7) -> list[str]:
 
     def p50(f):
         f()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return 1000 * sorted(times)[len(times) // 2]
+        return 1000 * sorted(_run_times(f, reps))[reps // 2]
 
     lines = []
     for n, side, cin, cout, k, s in SHAPES:
