@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from stlib.config import ParamsError
 from stlib.data.coco import DataError
 
 CACHE_BYTES = 4 * 2 ** 30  # decoded-image cache limit for cache_images=None
@@ -208,7 +209,7 @@ def input_workers(environ=os.environ) -> int:
         except ValueError:
             n = 0
         if n < 1:
-            raise ValueError(f"{WORKERS_ENV}={value!r}: a positive number of threads")
+            raise ParamsError(f"{WORKERS_ENV}={value!r}: a positive number of threads")
         return n
     return max(1, min(32, (os.cpu_count() or 2) // 2))
 

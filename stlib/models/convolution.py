@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from stlib.config import ParamsError
+
 IMPLS = ("xla", "matmul")
 ENV = "STLIB_CONV"
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -37,7 +39,7 @@ def conv_impl(environ=os.environ) -> str:
     """The convolution implementation `STLIB_CONV` names ("xla" when unset); a bad name is one line."""
     impl = environ.get(ENV, "") or "xla"
     if impl not in IMPLS:
-        raise ValueError(f"{ENV}={impl!r}: one of {', '.join(IMPLS)}")
+        raise ParamsError(f"{ENV}={impl!r}: one of {', '.join(IMPLS)}")
     return impl
 
 

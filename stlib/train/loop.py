@@ -145,6 +145,7 @@ def _train_and_evaluate(exp, run_dir: Path, progress: bool) -> dict:
     is_main = jax.process_index() == 0
     if is_main:
         write_text_atomic(run_dir / "params.yaml", cfg.dump_params(p))
+    TrainBatches(exp.train_data, tp.batch_size, tp.seed, 0, 0)   # a bad STLIB_INPUT_WORKERS stops here, before work
     state = exp.init_state()
     ckpts = Checkpoints(run_dir / "checkpoints", keep=tp.keep_checkpoints)
     state, start = ckpts.restore_latest(state)
